@@ -1,0 +1,3 @@
+//! Architecture-specific register and state types.
+
+pub mod x86_64;
