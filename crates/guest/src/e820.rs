@@ -1,0 +1,88 @@
+//! The e820 memory map in the zero page.
+
+use crate::Report;
+use crate::bootparams::{BootParams, E820_MAX};
+use crate::cpu;
+use crate::mem::{MIB, MMIO_HOLE_END, MMIO_HOLE_START};
+
+/// Usable RAM.
+const E820_RAM: u32 = 1;
+
+/// Check `e820`: entries sorted and disjoint, no RAM in the MMIO hole, this
+/// image inside RAM, and the sizes adding up to `vmkit.mem_mib` MiB.
+pub fn check(bp: Option<BootParams>, mem_mib: Option<&str>, r: &mut Report) -> Option<()> {
+    const CHECK: &str = "e820";
+    let Some(bp) = bp else {
+        return r.fail(CHECK, format_args!("no usable boot_params"));
+    };
+    let Some(mem_mib) = mem_mib else {
+        return r.fail(
+            CHECK,
+            format_args!("vmkit.mem_mib missing from the command line"),
+        );
+    };
+    let Ok(mem_mib) = mem_mib.parse::<u64>() else {
+        return r.fail(
+            CHECK,
+            format_args!("vmkit.mem_mib={mem_mib} is not a number"),
+        );
+    };
+    let n = bp.e820_count();
+    if n == 0 || n > E820_MAX {
+        return r.fail(
+            CHECK,
+            format_args!("e820_entries is {n}, expected 1..={E820_MAX}"),
+        );
+    }
+
+    let mut total: u64 = 0;
+    let mut prev_end: u64 = 0;
+    for i in 0..n {
+        let (addr, size, kind) = bp.e820_entry(i);
+        let Some(end) = addr.checked_add(size).filter(|_| size != 0) else {
+            return r.fail(
+                CHECK,
+                format_args!("entry {i} [{addr:#x} +{size:#x}] is empty or wraps"),
+            );
+        };
+        if addr < prev_end {
+            return r.fail(
+                    CHECK,
+                    format_args!("entry {i} at {addr:#x} overlaps or precedes the previous one ending at {prev_end:#x}"),
+                )
+                ;
+        }
+        if kind == E820_RAM && addr < MMIO_HOLE_END && end > MMIO_HOLE_START {
+            return r.fail(
+                CHECK,
+                format_args!("RAM entry {i} [{addr:#x}, {end:#x}) is in the MMIO hole"),
+            );
+        }
+        prev_end = end;
+        total += size;
+    }
+
+    for (start, end) in cpu::image_ranges() {
+        let inside = (0..n)
+            .map(|i| bp.e820_entry(i))
+            .any(|(addr, size, kind)| kind == E820_RAM && addr <= start && end <= addr + size);
+        if !inside {
+            return r.fail(
+                CHECK,
+                format_args!("the guest image [{start:#x}, {end:#x}) is not inside one RAM entry"),
+            );
+        }
+    }
+
+    if total != mem_mib * MIB {
+        return r.fail(
+            CHECK,
+            format_args!(
+                "{n} entries cover {} MiB ({total:#x} bytes), vmkit.mem_mib is {mem_mib}",
+                total / MIB
+            ),
+        );
+    }
+    r.pass(CHECK, format_args!("{n} entries cover {} MiB", total / MIB));
+    Some(())
+}
