@@ -1,0 +1,348 @@
+//! The tiny vmkit VMM: parse the command line, compose the crates, run.
+//!
+//! ```text
+//! cargo run --release --example vmm -- -m 256 --cpus 2
+//! ```
+//!
+//! With no `--kernel` it boots vmkit's built-in minimal guest, which checks
+//! what the VMM set up and reports through the serial console and the exit
+//! device; the process exits with the guest's status.
+
+use std::fs::File;
+use std::io::Cursor;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::mpsc::{Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use clap::Parser;
+use vmkit::boot;
+use vmkit::devices::{
+    Bus, COM1_IRQ, COM1_PORT, EXIT_PORT, EXIT_PORT_LEN, ExitDevice, I8042, I8042_PORT,
+    I8042_PORT_LEN, SERIAL_PORT_LEN, Serial,
+};
+use vmkit::hypervisor::{Hypervisor, Vcpu, VcpuExit, kvm::KvmHypervisor};
+use vmkit::memory::vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vmkit::memory::{self, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+/// Command line, after `qemu-system-x86_64 -enable-kvm -name NAME -m MiB ...`.
+#[derive(Parser, Debug)]
+#[command(name = "vmm", version, about = "vmkit's example VMM (KVM, x86_64)")]
+struct Args {
+    /// Name of the VM (used in messages).
+    #[arg(long, default_value = "vmkit")]
+    name: String,
+    /// Guest memory in MiB.
+    #[arg(
+        short = 'm',
+        long = "memory",
+        value_name = "MiB",
+        default_value_t = 256
+    )]
+    memory: u64,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    cpus: u32,
+    /// ELF kernel to boot instead of the built-in minimal guest.
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    /// Kernel command line (for the built-in guest: appended to its own).
+    #[arg(long, value_name = "STRING")]
+    cmdline: Option<String>,
+    /// The KVM device to open.
+    #[arg(long, value_name = "PATH", default_value = "/dev/kvm")]
+    kvm_device: PathBuf,
+    /// Print, on exit, the VMM's resident memory beyond guest memory.
+    #[arg(long)]
+    report_overhead: bool,
+}
+
+/// How a VM ended.
+enum VmEnd {
+    /// The guest wrote a status to the exit device.
+    Status(u32),
+    /// The guest reset the machine through the i8042 (a clean shutdown).
+    Reset,
+    /// A vCPU stopped on something the VMM cannot continue from.
+    Fatal(String),
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            // One line: clap's first, without the usage hint after it.
+            let msg = e.to_string();
+            eprintln!(
+                "vmm: {}",
+                msg.lines().next().unwrap_or("invalid command line")
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match run(&args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vmm: {}: error: {e}", args.name);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error>;
+
+fn run(args: &Args) -> Result<ExitCode, BoxError> {
+    let hv = KvmHypervisor::open(&args.kvm_device)?;
+    let max_cpus = hv.max_vcpus().min(u32::from(boot::MAX_CPUS));
+    if args.cpus == 0 || args.cpus > max_cpus {
+        return Err(format!("--cpus must be between 1 and {max_cpus}, not {}", args.cpus).into());
+    }
+    let cpus = args.cpus as u8;
+    let cpuid = hv.supported_cpuid()?;
+    let mem_size = args
+        .memory
+        .checked_mul(1 << 20)
+        .ok_or_else(|| format!("-m {} MiB is too large", args.memory))?;
+    memory::check_host_memory(mem_size)?;
+    let mem = memory::create_guest_memory(mem_size, boot::phys_addr_bits(&cpuid))?;
+    let vm = hv.create_vm()?;
+    // SAFETY: `mem` is moved into `Arc`s held by every vCPU thread and is
+    // never unmapped before the process exits, so the slots stay valid for
+    // the VM's whole life.
+    unsafe { memory::register_guest_memory(vm.as_ref(), &mem)? };
+    vm.create_irq_chip()?;
+    vm.create_pit()?;
+
+    let (entry, cmdline) = match &args.kernel {
+        Some(path) => {
+            let mut file = File::open(path)
+                .map_err(|e| format!("cannot open kernel {}: {e}", path.display()))?;
+            let cmdline = args
+                .cmdline
+                .clone()
+                .unwrap_or_else(|| "console=ttyS0 reboot=k panic=1".into());
+            (boot::load_kernel(&mem, &mut file)?, cmdline)
+        }
+        None => {
+            let mut cmdline = format!(
+                "console=ttyS0 vmkit.mem_mib={} vmkit.cpus={cpus}",
+                args.memory
+            );
+            if let Some(extra) = &args.cmdline {
+                cmdline.push(' ');
+                cmdline.push_str(extra);
+            }
+            (
+                boot::load_kernel(&mem, &mut Cursor::new(vmkit::guest::ELF))?,
+                cmdline,
+            )
+        }
+    };
+    boot::configure_system(&mem, &cmdline, cpus)?;
+
+    // Legacy devices on the port-I/O bus.
+    let pio = Arc::new(Bus::new());
+    let serial_evt = EventFd::new(libc::EFD_NONBLOCK)?;
+    vm.register_irqfd(&serial_evt, COM1_IRQ)?;
+    // Unbuffered: every byte the guest writes reaches stdout at once (each
+    // one already cost the guest an exit, a write(2) adds little).
+    let stdout = File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
+    let serial = Serial::new(serial_evt, Box::new(stdout));
+    pio.insert(
+        Arc::new(Mutex::new(serial)),
+        COM1_PORT.into(),
+        SERIAL_PORT_LEN,
+    )?;
+    let (end_tx, end_rx) = channel::<VmEnd>();
+    // Blocking eventfds: `forward_event` threads sleep on them.
+    let reset_evt = EventFd::new(0)?;
+    pio.insert(
+        Arc::new(Mutex::new(I8042::new(reset_evt.try_clone()?))),
+        I8042_PORT.into(),
+        I8042_PORT_LEN,
+    )?;
+    let exit_evt = EventFd::new(0)?;
+    let exit_dev = Arc::new(Mutex::new(ExitDevice::new(exit_evt.try_clone()?)));
+    pio.insert(exit_dev.clone(), EXIT_PORT.into(), EXIT_PORT_LEN)?;
+    let mmio = Arc::new(Bus::new());
+
+    // Device events become VM ends on the main channel.
+    forward_event(exit_evt, end_tx.clone(), move || {
+        let status = exit_dev.lock().map(|d| d.status()).unwrap_or(None);
+        VmEnd::Status(status.unwrap_or(0))
+    });
+    forward_event(reset_evt, end_tx.clone(), || VmEnd::Reset);
+
+    for id in 0..cpus {
+        let vcpu = vm.create_vcpu(u32::from(id))?;
+        let boot_entry = (id == 0).then_some(entry.entry);
+        boot::configure_vcpu(vcpu.as_ref(), &mem, id, cpus, &cpuid, boot_entry)?;
+        let ctx = VcpuContext {
+            id,
+            pio: pio.clone(),
+            mmio: mmio.clone(),
+            mem: mem.clone(),
+            end: end_tx.clone(),
+        };
+        thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || ctx.run(vcpu))?;
+    }
+    drop(end_tx);
+
+    let end = end_rx
+        .recv()
+        .unwrap_or_else(|_| VmEnd::Fatal("every vCPU thread ended".into()));
+    if args.report_overhead {
+        report_overhead(&mem)?;
+    }
+    Ok(match end {
+        VmEnd::Status(0) | VmEnd::Reset => ExitCode::SUCCESS,
+        VmEnd::Status(s) => {
+            eprintln!("vmm: {}: the guest reported status {s}", args.name);
+            ExitCode::from(s.clamp(1, 255) as u8)
+        }
+        VmEnd::Fatal(why) => {
+            eprintln!("vmm: {}: error: {why}", args.name);
+            ExitCode::FAILURE
+        }
+    })
+}
+
+/// Waits for `evt` on its own thread and sends `what()` as the VM's end.
+fn forward_event(evt: EventFd, tx: Sender<VmEnd>, what: impl FnOnce() -> VmEnd + Send + 'static) {
+    thread::spawn(move || {
+        if evt.read().is_ok() {
+            let _ = tx.send(what());
+        }
+    });
+}
+
+struct VcpuContext {
+    id: u8,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    mem: GuestMemoryMmap,
+    end: Sender<VmEnd>,
+}
+
+impl VcpuContext {
+    /// The vCPU loop: hand I/O exits to the buses until the guest stops.
+    fn run(self, mut vcpu: Box<dyn Vcpu>) {
+        let why = loop {
+            let stop = match vcpu.run() {
+                Ok(VcpuExit::IoOut { port, data }) => {
+                    self.pio.write(u64::from(port), data);
+                    None
+                }
+                Ok(VcpuExit::IoIn { port, data }) => {
+                    if !self.pio.read(u64::from(port), data) {
+                        data.fill(0xff);
+                    }
+                    None
+                }
+                Ok(VcpuExit::MmioWrite { addr, data }) => {
+                    self.mmio.write(addr, data);
+                    None
+                }
+                Ok(VcpuExit::MmioRead { addr, data }) => {
+                    if !self.mmio.read(addr, data) {
+                        data.fill(0xff);
+                    }
+                    None
+                }
+                Ok(VcpuExit::Interrupted) => None,
+                Ok(VcpuExit::Halt) => Some("halted with interrupts disabled".to_string()),
+                Ok(VcpuExit::Shutdown) => Some("triple fault (KVM_EXIT_SHUTDOWN)".to_string()),
+                Ok(VcpuExit::InternalError { suberror, data }) => Some(format!(
+                    "{} (KVM_EXIT_INTERNAL_ERROR suberror {suberror}, data {data:x?})",
+                    if suberror == 1 {
+                        "instruction emulation failure"
+                    } else {
+                        "internal hypervisor error"
+                    }
+                )),
+                Ok(VcpuExit::SystemEvent { kind, data }) => {
+                    Some(format!("system event {kind} {data:x?}"))
+                }
+                Ok(VcpuExit::FailEntry { reason, cpu }) => Some(format!(
+                    "entry failed, reason {reason:#x} on host CPU {cpu}"
+                )),
+                Ok(VcpuExit::Unsupported(reason)) => {
+                    Some(format!("unhandled exit reason {reason}"))
+                }
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(why) = stop {
+                break why;
+            }
+        };
+        let at = describe_rip(vcpu.as_ref(), &self.mem);
+        let _ = self
+            .end
+            .send(VmEnd::Fatal(format!("vCPU {}: {why}{at}", self.id)));
+    }
+}
+
+/// " at rip R, rsp S, code bytes at rip: ..." for a crash report.
+fn describe_rip(vcpu: &dyn Vcpu, mem: &GuestMemoryMmap) -> String {
+    let Ok(regs) = vcpu.regs() else {
+        return String::new();
+    };
+    let mut code = [0u8; 16];
+    // The boot page tables identity-map guest memory, so RIP is a guest
+    // physical address as long as the guest kept them.
+    let bytes = match mem.read_slice(&mut code, GuestAddress(regs.rip)) {
+        Ok(()) => code
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        Err(_) => "(not in guest memory)".into(),
+    };
+    format!(
+        " at rip {:#x}, rsp {:#x}, code bytes at rip: {bytes}",
+        regs.rip, regs.rsp
+    )
+}
+
+/// Prints the VMM's resident memory beyond guest memory, from smaps: all
+/// of it (code and shared libraries included) and its anonymous part (heap,
+/// stacks, the vCPUs' run areas: what the VMM itself allocated).
+fn report_overhead(mem: &GuestMemoryMmap) -> std::io::Result<()> {
+    let guest: Vec<(u64, u64)> = mem
+        .iter()
+        .map(|r| {
+            let start = r.as_ptr() as u64;
+            (start, start + r.len())
+        })
+        .collect();
+    let smaps = std::fs::read_to_string("/proc/self/smaps")?;
+    let (mut rss, mut anon, mut in_guest) = (0u64, 0u64, false);
+    let kib = |v: &str| {
+        v.trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<u64>()
+            .unwrap_or(0)
+    };
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if let Some((start, _)) = first.split_once('-').filter(|_| !first.ends_with(':')) {
+            let start = u64::from_str_radix(start, 16).unwrap_or(0);
+            in_guest = guest.iter().any(|&(s, e)| start >= s && start < e);
+        } else if let Some(v) = line.strip_prefix("Rss:").filter(|_| !in_guest) {
+            rss += kib(v);
+        } else if let Some(v) = line.strip_prefix("Anonymous:").filter(|_| !in_guest) {
+            anon += kib(v);
+        }
+    }
+    eprintln!(
+        "vmm: vmm overhead {rss} KiB resident beyond guest memory, of which {anon} KiB anonymous"
+    );
+    Ok(())
+}
