@@ -1,0 +1,534 @@
+//! virtio-blk requests (virtio 1.2, 5.2.6): parsing a descriptor chain into
+//! a request, checking it against the device's limits, and executing it on
+//! a [`DiskImage`]. Independent of the transport that delivered the chain.
+//!
+//! The guest is hostile: every descriptor, direction, length, address and
+//! sector is checked before any I/O, and a bad request gets an error status,
+//! never a panic or an access outside the disk or guest memory.
+
+use std::sync::Arc;
+
+use log::{error, warn};
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD,
+    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
+};
+use virtio_queue::desc::split::Descriptor;
+use vm_memory::{Bytes, GuestMemoryBackend};
+use vmkit_disk::{DiskImage, SECTOR_SIZE};
+use vmkit_virtio::GuestMemoryMmap;
+
+use crate::{BlockConfig, DiskId};
+
+/// Size of `struct virtio_blk_outhdr`: type, ioprio (reserved), sector.
+const HEADER_LEN: u32 = 16;
+/// Size of `struct virtio_blk_discard_write_zeroes`.
+const SEGMENT_LEN: u64 = 16;
+
+/// The type field of a request header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestType {
+    /// VIRTIO_BLK_T_IN: read sectors into the data buffers.
+    In,
+    /// VIRTIO_BLK_T_OUT: write the data buffers to sectors.
+    Out,
+    /// VIRTIO_BLK_T_FLUSH: make completed writes durable.
+    Flush,
+    /// VIRTIO_BLK_T_GET_ID: return the disk's serial.
+    GetId,
+    /// VIRTIO_BLK_T_DISCARD: the ranges are no longer used.
+    Discard,
+    /// VIRTIO_BLK_T_WRITE_ZEROES: make the ranges read as zeros.
+    WriteZeroes,
+    /// Any other type, answered with VIRTIO_BLK_S_UNSUPP.
+    Unsupported(u32),
+}
+
+impl From<u32> for RequestType {
+    fn from(value: u32) -> Self {
+        match value {
+            VIRTIO_BLK_T_IN => RequestType::In,
+            VIRTIO_BLK_T_OUT => RequestType::Out,
+            VIRTIO_BLK_T_FLUSH => RequestType::Flush,
+            VIRTIO_BLK_T_GET_ID => RequestType::GetId,
+            VIRTIO_BLK_T_DISCARD => RequestType::Discard,
+            VIRTIO_BLK_T_WRITE_ZEROES => RequestType::WriteZeroes,
+            other => RequestType::Unsupported(other),
+        }
+    }
+}
+
+/// Why a request failed; [`RequestError::status`] is what the driver sees.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// The chain has no descriptor besides the status.
+    #[error("request has no header descriptor")]
+    MissingHeader,
+    /// The header descriptor is device-writable.
+    #[error("request header descriptor is device-writable")]
+    HeaderWritable,
+    /// The header descriptor is shorter than the header.
+    #[error("request header descriptor is {0} bytes, need {HEADER_LEN}")]
+    HeaderTooShort(u32),
+    /// A descriptor points outside guest memory.
+    #[error("descriptor of {len} bytes at {addr:#x} is outside guest memory")]
+    BadAddress {
+        /// The descriptor's guest physical address.
+        addr: u64,
+        /// The descriptor's length.
+        len: u32,
+    },
+    /// A data descriptor has the wrong direction for the request.
+    #[error("data descriptor {index} must be device-{}", if *.writable { "writable" } else { "readable" })]
+    WrongDirection {
+        /// Position among the data descriptors.
+        index: usize,
+        /// Whether the request needs device-writable buffers.
+        writable: bool,
+    },
+    /// More data descriptors than `seg_max`.
+    #[error("{count} data segments, at most {max} allowed")]
+    TooManySegments {
+        /// Data descriptors in the chain.
+        count: usize,
+        /// The advertised `seg_max`.
+        max: u32,
+    },
+    /// The data length is not a whole number of sectors.
+    #[error("data length {0} is not a multiple of {SECTOR_SIZE}")]
+    UnalignedLength(u64),
+    /// The access reaches past the end of the disk (or overflows).
+    #[error("{sectors} sectors at sector {sector} exceed the capacity of {capacity} sectors")]
+    OutOfRange {
+        /// First sector.
+        sector: u64,
+        /// Number of sectors.
+        sectors: u64,
+        /// The disk's capacity in sectors.
+        capacity: u64,
+    },
+    /// A write-like request on a read-only disk.
+    #[error("write to a read-only disk")]
+    ReadOnly,
+    /// GET_ID without a device-writable buffer.
+    #[error("GET_ID request without a buffer")]
+    MissingIdBuffer,
+    /// A DISCARD or WRITE_ZEROES payload that is not whole segments.
+    #[error("{0}-byte discard/write-zeroes payload is not a non-empty list of 16-byte segments")]
+    BadSegmentList(u64),
+    /// More DISCARD or WRITE_ZEROES segments than advertised.
+    #[error("{count} discard/write-zeroes segments, at most {max} allowed")]
+    TooManyDiscardSegments {
+        /// Segments in the request.
+        count: u64,
+        /// The advertised maximum.
+        max: u32,
+    },
+    /// A DISCARD or WRITE_ZEROES segment larger than advertised.
+    #[error("discard/write-zeroes segment of {sectors} sectors, at most {max} allowed")]
+    SegmentTooLarge {
+        /// Sectors in the segment.
+        sectors: u32,
+        /// The advertised maximum.
+        max: u32,
+    },
+    /// Unknown segment flags, or the unmap flag on a DISCARD.
+    #[error("unsupported discard/write-zeroes flags {0:#x}")]
+    UnsupportedFlags(u32),
+    /// A request type the device does not implement.
+    #[error("unsupported request type {0}")]
+    Unsupported(u32),
+    /// The disk image failed.
+    #[error("disk I/O failed: {0}")]
+    Disk(#[from] vmkit_disk::Error),
+}
+
+impl RequestError {
+    /// The virtio-blk status byte reporting this error.
+    pub fn status(&self) -> u8 {
+        match self {
+            RequestError::Unsupported(_) | RequestError::UnsupportedFlags(_) => {
+                VIRTIO_BLK_S_UNSUPP as u8
+            }
+            _ => VIRTIO_BLK_S_IOERR as u8,
+        }
+    }
+}
+
+/// One segment of a DISCARD or WRITE_ZEROES request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiscardSegment {
+    /// First sector.
+    pub sector: u64,
+    /// Number of sectors.
+    pub num_sectors: u32,
+    /// VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP (write zeroes only).
+    pub unmap: bool,
+}
+
+/// A parsed and checked request: every buffer is in guest memory, has the
+/// right direction, and every sector range is inside the disk.
+#[derive(Debug)]
+pub struct Request<'a> {
+    /// The request's type.
+    pub request_type: RequestType,
+    /// The header's sector (IN and OUT).
+    pub sector: u64,
+    /// The data descriptors, between header and status.
+    data: &'a [Descriptor],
+    /// DISCARD and WRITE_ZEROES segments.
+    segments: Vec<DiscardSegment>,
+}
+
+fn check_in_memory(mem: &GuestMemoryMmap, desc: &Descriptor) -> Result<(), RequestError> {
+    if desc.len() == 0 || GuestMemoryBackend::check_range(mem, desc.addr(), desc.len() as usize) {
+        Ok(())
+    } else {
+        Err(RequestError::BadAddress {
+            addr: desc.addr().0,
+            len: desc.len(),
+        })
+    }
+}
+
+/// Checks the data descriptors' direction and addresses; returns their
+/// total length.
+fn check_data(
+    mem: &GuestMemoryMmap,
+    data: &[Descriptor],
+    writable: bool,
+) -> Result<u64, RequestError> {
+    let mut total = 0u64;
+    for (index, desc) in data.iter().enumerate() {
+        if desc.is_write_only() != writable {
+            return Err(RequestError::WrongDirection { index, writable });
+        }
+        check_in_memory(mem, desc)?;
+        total += u64::from(desc.len());
+    }
+    Ok(total)
+}
+
+fn check_sectors(sector: u64, sectors: u64, capacity: u64) -> Result<(), RequestError> {
+    match sector.checked_add(sectors) {
+        Some(end) if end <= capacity => Ok(()),
+        _ => Err(RequestError::OutOfRange {
+            sector,
+            sectors,
+            capacity,
+        }),
+    }
+}
+
+impl<'a> Request<'a> {
+    /// Parses the descriptors of a chain without its status descriptor
+    /// (`descs` starts with the header), checking it against `config` and
+    /// the disk's writability.
+    pub fn parse(
+        mem: &GuestMemoryMmap,
+        descs: &'a [Descriptor],
+        config: &BlockConfig,
+        read_only: bool,
+    ) -> Result<Self, RequestError> {
+        let (header, data) = descs.split_first().ok_or(RequestError::MissingHeader)?;
+        if header.is_write_only() {
+            return Err(RequestError::HeaderWritable);
+        }
+        if header.len() < HEADER_LEN {
+            return Err(RequestError::HeaderTooShort(header.len()));
+        }
+        let mut raw = [0u8; HEADER_LEN as usize];
+        mem.read_slice(&mut raw, header.addr())
+            .map_err(|_| RequestError::BadAddress {
+                addr: header.addr().0,
+                len: header.len(),
+            })?;
+        let [t0, t1, t2, t3, _, _, _, _, s @ ..] = raw;
+        let request_type = RequestType::from(u32::from_le_bytes([t0, t1, t2, t3]));
+        let sector = u64::from_le_bytes(s);
+
+        let mut request = Request {
+            request_type,
+            sector,
+            data,
+            segments: Vec::new(),
+        };
+        match request_type {
+            RequestType::In | RequestType::Out => {
+                if data.len() > config.seg_max as usize {
+                    return Err(RequestError::TooManySegments {
+                        count: data.len(),
+                        max: config.seg_max,
+                    });
+                }
+                let writing = request_type == RequestType::Out;
+                if writing && read_only {
+                    return Err(RequestError::ReadOnly);
+                }
+                let total = check_data(mem, data, !writing)?;
+                if total % SECTOR_SIZE != 0 {
+                    return Err(RequestError::UnalignedLength(total));
+                }
+                check_sectors(sector, total / SECTOR_SIZE, config.capacity)?;
+            }
+            RequestType::Flush => {}
+            RequestType::GetId => {
+                if check_data(mem, data, true)? == 0 {
+                    return Err(RequestError::MissingIdBuffer);
+                }
+            }
+            RequestType::Discard | RequestType::WriteZeroes => {
+                if read_only {
+                    return Err(RequestError::ReadOnly);
+                }
+                request.segments = Self::parse_segments(mem, data, config, request_type)?;
+            }
+            RequestType::Unsupported(t) => return Err(RequestError::Unsupported(t)),
+        }
+        Ok(request)
+    }
+
+    fn parse_segments(
+        mem: &GuestMemoryMmap,
+        data: &[Descriptor],
+        config: &BlockConfig,
+        request_type: RequestType,
+    ) -> Result<Vec<DiscardSegment>, RequestError> {
+        let discard = request_type == RequestType::Discard;
+        let (max_seg, max_sectors) = if discard {
+            (config.max_discard_seg, config.max_discard_sectors)
+        } else {
+            (config.max_write_zeroes_seg, config.max_write_zeroes_sectors)
+        };
+        let total = check_data(mem, data, false)?;
+        if total == 0 || total % SEGMENT_LEN != 0 {
+            return Err(RequestError::BadSegmentList(total));
+        }
+        let count = total / SEGMENT_LEN;
+        if count > u64::from(max_seg) {
+            return Err(RequestError::TooManyDiscardSegments {
+                count,
+                max: max_seg,
+            });
+        }
+        // Bounded by max_seg * 16 bytes; segments may straddle descriptors.
+        let mut bytes = vec![0u8; total as usize];
+        let mut filled = 0;
+        for desc in data {
+            let len = desc.len() as usize;
+            mem.read_slice(&mut bytes[filled..filled + len], desc.addr())
+                .map_err(|_| RequestError::BadAddress {
+                    addr: desc.addr().0,
+                    len: desc.len(),
+                })?;
+            filled += len;
+        }
+        let mut segments = Vec::with_capacity(count as usize);
+        for raw in bytes.chunks_exact(SEGMENT_LEN as usize) {
+            let le32 = |i: usize| u32::from_le_bytes([raw[i], raw[i + 1], raw[i + 2], raw[i + 3]]);
+            let mut sector = [0u8; 8];
+            sector.copy_from_slice(&raw[..8]);
+            let sector = u64::from_le_bytes(sector);
+            let (num_sectors, flags) = (le32(8), le32(12));
+            // Unknown flags are unsupported, and so is unmap on a discard
+            // (virtio 1.2, 5.2.6.2).
+            let allowed = if discard {
+                0
+            } else {
+                VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP
+            };
+            if flags & !allowed != 0 {
+                return Err(RequestError::UnsupportedFlags(flags));
+            }
+            if num_sectors > max_sectors {
+                return Err(RequestError::SegmentTooLarge {
+                    sectors: num_sectors,
+                    max: max_sectors,
+                });
+            }
+            check_sectors(sector, u64::from(num_sectors), config.capacity)?;
+            segments.push(DiscardSegment {
+                sector,
+                num_sectors,
+                unmap: flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0,
+            });
+        }
+        Ok(segments)
+    }
+
+    /// The DISCARD or WRITE_ZEROES segments.
+    pub fn segments(&self) -> &[DiscardSegment] {
+        &self.segments
+    }
+
+    /// Executes the request. Returns how many bytes were written to the
+    /// guest's data buffers, and the error if the request failed (after
+    /// `written` bytes).
+    pub fn execute(
+        &self,
+        mem: &GuestMemoryMmap,
+        disk: &dyn DiskImage,
+        id: &DiskId,
+    ) -> (u32, Result<(), RequestError>) {
+        let mut written = 0u32;
+        let result = match self.request_type {
+            RequestType::In => self.transfer(mem, disk, Some(&mut written)),
+            RequestType::Out => self.transfer(mem, disk, None),
+            RequestType::Flush => disk.flush().map_err(RequestError::from),
+            RequestType::GetId => self.write_id(mem, id, &mut written),
+            RequestType::Discard => self.segments.iter().try_for_each(|s| {
+                disk.discard(
+                    s.sector * SECTOR_SIZE,
+                    u64::from(s.num_sectors) * SECTOR_SIZE,
+                )
+                .map_err(RequestError::from)
+            }),
+            RequestType::WriteZeroes => self.segments.iter().try_for_each(|s| {
+                disk.write_zeroes(
+                    s.sector * SECTOR_SIZE,
+                    u64::from(s.num_sectors) * SECTOR_SIZE,
+                    s.unmap,
+                )
+                .map_err(RequestError::from)
+            }),
+            RequestType::Unsupported(t) => Err(RequestError::Unsupported(t)),
+        };
+        (written, result)
+    }
+
+    /// Reads (`written` is `Some`) or writes the data buffers at the
+    /// header's sector, counting the bytes read into guest memory.
+    fn transfer(
+        &self,
+        mem: &GuestMemoryMmap,
+        disk: &dyn DiskImage,
+        mut written: Option<&mut u32>,
+    ) -> Result<(), RequestError> {
+        // Parsing checked sector + length against the capacity, so neither
+        // the product nor the sums overflow.
+        let mut offset = self.sector * SECTOR_SIZE;
+        for desc in self.data {
+            let bad_address = || RequestError::BadAddress {
+                addr: desc.addr().0,
+                len: desc.len(),
+            };
+            // A buffer may span guest memory regions.
+            for slice in GuestMemoryBackend::get_slices(mem, desc.addr(), desc.len() as usize) {
+                let mut slice = slice.map_err(|_| bad_address())?;
+                let len = slice.len();
+                match written.as_deref_mut() {
+                    Some(count) => {
+                        disk.read_at(&mut slice, offset)?;
+                        // At most the chain's length, which fits in u32.
+                        *count += len as u32;
+                    }
+                    None => disk.write_at(&slice, offset)?,
+                }
+                offset += len as u64;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_id(
+        &self,
+        mem: &GuestMemoryMmap,
+        id: &DiskId,
+        written: &mut u32,
+    ) -> Result<(), RequestError> {
+        let mut rest = &id.as_bytes()[..];
+        for desc in self.data {
+            if rest.is_empty() {
+                break;
+            }
+            let n = rest.len().min(desc.len() as usize);
+            mem.write_slice(&rest[..n], desc.addr())
+                .map_err(|_| RequestError::BadAddress {
+                    addr: desc.addr().0,
+                    len: desc.len(),
+                })?;
+            rest = &rest[n..];
+            *written += n as u32;
+        }
+        Ok(())
+    }
+}
+
+/// Executes virtio-blk descriptor chains on a disk: the device logic, free
+/// of any queue or transport.
+#[derive(Debug)]
+pub struct RequestProcessor {
+    disk: Arc<dyn DiskImage>,
+    config: BlockConfig,
+    id: DiskId,
+}
+
+impl RequestProcessor {
+    /// A processor for `disk`, enforcing `config`'s limits and answering
+    /// GET_ID with `id`.
+    pub fn new(disk: Arc<dyn DiskImage>, config: BlockConfig, id: DiskId) -> Self {
+        RequestProcessor { disk, config, id }
+    }
+
+    /// Processes one descriptor chain (the descriptors in chain order, e.g.
+    /// a `virtio_queue::DescriptorChain`) and returns the length to put in
+    /// the used ring: the bytes written to device-writable buffers,
+    /// status byte included, or 0 when the chain has no usable status
+    /// descriptor and cannot be answered.
+    pub fn process(
+        &self,
+        mem: &GuestMemoryMmap,
+        chain: impl IntoIterator<Item = Descriptor>,
+    ) -> u32 {
+        let descs: Vec<Descriptor> = chain.into_iter().collect();
+        let Some((status, rest)) = descs.split_last() else {
+            warn!("virtio-blk: empty descriptor chain");
+            return 0;
+        };
+        // The status must be writable before anything is done: a request
+        // that cannot be answered must not be executed.
+        if !status.is_write_only()
+            || status.len() == 0
+            || !GuestMemoryBackend::check_range(mem, status.addr(), 1)
+        {
+            warn!(
+                "virtio-blk: last descriptor ({} bytes at {:#x}, {}) is not a usable status \
+                 byte; dropping the request",
+                status.len(),
+                status.addr().0,
+                if status.is_write_only() {
+                    "device-writable"
+                } else {
+                    "device-readable"
+                }
+            );
+            return 0;
+        }
+
+        let (written, result) =
+            match Request::parse(mem, rest, &self.config, self.disk.is_read_only()) {
+                Ok(request) => request.execute(mem, self.disk.as_ref(), &self.id),
+                Err(e) => (0, Err(e)),
+            };
+        let status_byte = match &result {
+            Ok(()) => VIRTIO_BLK_S_OK as u8,
+            Err(e @ RequestError::Disk(_)) => {
+                error!("virtio-blk: {e}");
+                e.status()
+            }
+            Err(e) => {
+                warn!("virtio-blk: bad request: {e}");
+                e.status()
+            }
+        };
+        if let Err(e) = mem.write_obj(status_byte, status.addr()) {
+            warn!(
+                "virtio-blk: cannot write status at {:#x}: {e}; dropping the request",
+                status.addr().0
+            );
+            return 0;
+        }
+        written + 1
+    }
+}
