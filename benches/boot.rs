@@ -8,7 +8,7 @@
 //!
 //! For each run it records, from spawning the VMM process: the time to the
 //! guest's first serial byte on stdout, the time to VM exit, and the VMM's
-//! resident memory beyond guest memory (the VMM's `--report-overhead`
+//! resident memory beyond guest memory (the VMM's `--stats`
 //! line, read from its /proc/self/smaps at exit). It prints the median and
 //! the spread, next to a bare baseline measured in the same run: spawning
 //! and reaping `/bin/true`, the floor any VMM process start pays here.
@@ -28,7 +28,7 @@ fn main() {
         return;
     }
     let vmm = build_vmm();
-    let args = ["-m", "256", "--cpus", "1", "--report-overhead"];
+    let args = ["-m", "256", "--cpus", "1", "--stats"];
     println!(
         "boot bench: {} {} ({runs} runs)",
         vmm.display(),

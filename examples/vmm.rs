@@ -9,7 +9,7 @@
 //! device; the process exits with the guest's status.
 
 use std::fs::File;
-use std::io::Cursor;
+use std::io::{self, Cursor};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,14 +18,19 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 
 use clap::Parser;
+use vmkit::blk::{Block, DiskId};
 use vmkit::boot;
 use vmkit::devices::{
     Bus, COM1_IRQ, COM1_PORT, EXIT_PORT, EXIT_PORT_LEN, ExitDevice, I8042, I8042_PORT,
     I8042_PORT_LEN, SERIAL_PORT_LEN, Serial,
 };
-use vmkit::hypervisor::{Hypervisor, Vcpu, VcpuExit, kvm::KvmHypervisor};
+use vmkit::disk::{DiskSpec, open_disk};
+use vmkit::hypervisor::{
+    DataMatch, Hypervisor, IoEventAddress, Vcpu, VcpuExit, Vm, kvm::KvmHypervisor,
+};
 use vmkit::memory::vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
-use vmkit::memory::{self, GuestMemoryMmap};
+use vmkit::memory::{self, GuestMemoryMmap, SystemAllocator};
+use vmkit::virtio::{MMIO_WINDOW_SIZE, MmioTransport, NotifyRegistrar, VirtioDevice};
 use vmm_sys_util::eventfd::EventFd;
 
 /// Command line, after `qemu-system-x86_64 -enable-kvm -name NAME -m MiB ...`.
@@ -55,9 +60,14 @@ struct Args {
     /// The KVM device to open.
     #[arg(long, value_name = "PATH", default_value = "/dev/kvm")]
     kvm_device: PathBuf,
-    /// Print, on exit, the VMM's resident memory beyond guest memory.
+    /// A disk image as a virtio-blk device (repeatable; the format is never
+    /// guessed from the file's contents).
+    #[arg(long = "disk", value_name = "PATH[,format=raw][,readonly=on]")]
+    disks: Vec<DiskSpec>,
+    /// Print, on exit, the VMM's resident memory beyond guest memory and
+    /// each virtio device's request, notification and interrupt counts.
     #[arg(long)]
-    report_overhead: bool,
+    stats: bool,
 }
 
 /// How a VM ended.
@@ -142,6 +152,21 @@ fn run(args: &Args) -> Result<ExitCode, BoxError> {
             )
         }
     };
+    let mut cmdline = cmdline;
+
+    // virtio-blk devices on the MMIO bus, announced on the command line the
+    // way Linux's virtio_mmio driver reads them.
+    let mmio = Arc::new(Bus::new());
+    let mut alloc = SystemAllocator::new()?;
+    let notify: Arc<dyn NotifyRegistrar> = Arc::new(VmNotify(vm.clone()));
+    let mut block_stats = Vec::new();
+    for (i, spec) in args.disks.iter().enumerate() {
+        let disk = open_disk(spec).map_err(|e| format!("--disk {}: {e}", spec.path.display()))?;
+        let block = Block::new(disk, DiskId::new(&format!("vmkit-disk{i}"))?);
+        block_stats.push(block.stats());
+        let (base, irq) = add_virtio_mmio(Box::new(block), &mut alloc, &mmio, &vm, &mem, &notify)?;
+        cmdline.push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{irq}"));
+    }
     boot::configure_system(&mem, &cmdline, cpus)?;
 
     // Legacy devices on the port-I/O bus.
@@ -168,7 +193,6 @@ fn run(args: &Args) -> Result<ExitCode, BoxError> {
     let exit_evt = EventFd::new(0)?;
     let exit_dev = Arc::new(Mutex::new(ExitDevice::new(exit_evt.try_clone()?)));
     pio.insert(exit_dev.clone(), EXIT_PORT.into(), EXIT_PORT_LEN)?;
-    let mmio = Arc::new(Bus::new());
 
     // Device events become VM ends on the main channel.
     forward_event(exit_evt, end_tx.clone(), move || {
@@ -197,8 +221,16 @@ fn run(args: &Args) -> Result<ExitCode, BoxError> {
     let end = end_rx
         .recv()
         .unwrap_or_else(|_| VmEnd::Fatal("every vCPU thread ended".into()));
-    if args.report_overhead {
+    if args.stats {
         report_overhead(&mem)?;
+        for (i, s) in block_stats.iter().enumerate() {
+            eprintln!(
+                "vmm: disk{i}: {} requests, {} queue notifications, {} interrupts",
+                s.requests_completed(),
+                s.queue_notifications(),
+                s.interrupts_sent()
+            );
+        }
     }
     Ok(match end {
         VmEnd::Status(0) | VmEnd::Reset => ExitCode::SUCCESS,
@@ -211,6 +243,46 @@ fn run(args: &Args) -> Result<ExitCode, BoxError> {
             ExitCode::FAILURE
         }
     })
+}
+
+/// Queue notifications through the hypervisor's ioeventfds.
+struct VmNotify(Arc<dyn Vm>);
+
+impl NotifyRegistrar for VmNotify {
+    fn register(&self, fd: &EventFd, addr: u64, datamatch: u32) -> io::Result<()> {
+        let (addr, dm) = (IoEventAddress::Mmio(addr), DataMatch::U32(datamatch));
+        self.0
+            .register_ioevent(fd, addr, dm)
+            .map_err(io::Error::other)
+    }
+    fn unregister(&self, fd: &EventFd, addr: u64, datamatch: u32) -> io::Result<()> {
+        let (addr, dm) = (IoEventAddress::Mmio(addr), DataMatch::U32(datamatch));
+        self.0
+            .unregister_ioevent(fd, addr, dm)
+            .map_err(io::Error::other)
+    }
+}
+
+/// Puts `device` behind a virtio-mmio window with its own interrupt line
+/// (an irqfd); returns the window's base and the line.
+fn add_virtio_mmio(
+    device: Box<dyn VirtioDevice>,
+    alloc: &mut SystemAllocator,
+    mmio: &Bus,
+    vm: &Arc<dyn Vm>,
+    mem: &GuestMemoryMmap,
+    notify: &Arc<dyn NotifyRegistrar>,
+) -> Result<(u64, u32), BoxError> {
+    let base = alloc
+        .allocate_mmio(MMIO_WINDOW_SIZE, MMIO_WINDOW_SIZE)?
+        .start();
+    let irq = alloc.allocate_irq()?;
+    let irq_evt = EventFd::new(libc::EFD_NONBLOCK)?;
+    vm.register_irqfd(&irq_evt, irq)?;
+    let transport =
+        MmioTransport::new(device, mem.clone(), Arc::new(irq_evt), notify.clone(), base)?;
+    mmio.insert(Arc::new(Mutex::new(transport)), base, MMIO_WINDOW_SIZE)?;
+    Ok((base, irq))
 }
 
 /// Waits for `evt` on its own thread and sends `what()` as the VM's end.

@@ -9,6 +9,9 @@
 //! | [`memory`] | vmkit-memory | guest memory layout, allocation and registration |
 //! | [`boot`] | vmkit-boot | x86_64 boot: long mode, kernel loading, zero page, MP table |
 //! | [`devices`] | vmkit-devices | port-I/O and MMIO buses, serial, i8042, exit device |
+//! | [`virtio`] | vmkit-virtio | the `VirtioDevice` trait and the virtio-mmio transport |
+//! | [`disk`] | vmkit-disk | the `DiskImage` trait and disk image formats |
+//! | [`blk`] | vmkit-blk | virtio-blk over any `DiskImage` |
 //!
 //! [`guest`] holds vmkit's minimal guest, built from `crates/guest` by this
 //! package's build script.
@@ -16,7 +19,10 @@
 
 pub mod guest;
 
+pub use vmkit_blk as blk;
 pub use vmkit_boot as boot;
 pub use vmkit_devices as devices;
+pub use vmkit_disk as disk;
 pub use vmkit_hypervisor as hypervisor;
 pub use vmkit_memory as memory;
+pub use vmkit_virtio as virtio;
