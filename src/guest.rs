@@ -27,14 +27,31 @@
 //! - a 16550 UART at [`SERIAL_PORT`] (only the transmit register is
 //!   written; the line status is never polled);
 //! - an exit device at [`EXIT_PORT`]: a 4-byte `out` of a status ends the
-//!   VM with that status.
+//!   VM with that status;
+//! - guest RAM of at least 3 MiB (the image with its `.bss` ends below
+//!   `0x300000`);
+//! - for disks (optional): an in-kernel IOAPIC at `0xfec00000` and PIT
+//!   (`KVM_CREATE_PIT2`), both user-mapped/reachable like the local APIC, and
+//!   one virtio-mmio **version 2** block device per
+//!   `virtio_mmio.device=<size>@<base>:<irq>[:<id>]` argument (Linux's
+//!   format: size with an optional K/M/G suffix, base and size in C notation
+//!   (`0x` hex), irq decimal), its window in `0xc000_0000..4 GiB`, 4 KiB
+//!   aligned, at least 512 bytes, user-mapped; irq `n` is GSI `n` = IOAPIC pin
+//!   `n` (`n < 24`), raised as an edge (irqfd); QueueNotify should be an
+//!   ioeventfd. The i-th virtio-blk device in command-line order is
+//!   `disk<i>`; devices of other types are skipped.
 //!
 //! # What it does
 //!
 //! The CPL0 part, 21 instructions of assembly on the boot CPU, loads its own
-//! GDT, IDT and TSS (whose I/O bitmap opens exactly [`SERIAL_PORT`] and
-//! [`EXIT_PORT`] to CPL3) and `iretq`s to CPL3, where every check runs.
-//! Each check prints exactly one line, `ok <check>: <detail>` or
+//! GDT, IDT and TSS (whose I/O bitmap opens exactly [`SERIAL_PORT`],
+//! [`EXIT_PORT`], the PIT `0x40..=0x43` and port `0x61` to CPL3) and
+//! `iretq`s to CPL3 with IF set, where every check runs (the application
+//! processors run CPL3 with IF clear). The only other CPL0 code is the
+//! device interrupt handler (IOAPIC pin `p` -> vector `0x30 + p`, 15
+//! instructions: read the device's InterruptStatus, write InterruptACK, count,
+//! local APIC EOI, `iretq`); LINT0 is masked first thing, so the 8259 never
+//! delivers. Each check prints exactly one line, `ok <check>: <detail>` or
 //! `FAIL <check>: <why>`, in this order:
 //!
 //! ```text
@@ -44,15 +61,68 @@
 //! ok mptable: <N> CPUs, BSP apic id <id>
 //! ok cpu<k>: online at CPL3 (apic id <id>)        (one per AP, k = 1..N-1, any order)
 //! ok smp: <N> of <N> CPUs online
+//! then, for each disk<i> in turn:
+//! ok blk-init: disk<i> virtio-mmio at 0x<base> irq <n>, features 0x<negotiated>
+//! ok blk-read: disk<i> sectors=<capacity> crc32=<8 hex digits>
+//! ok blk-get-id: disk<i> "<id>"
+//! ok blk-flush: disk<i>
+//! ok blk-readonly: disk<i> refused a write with IOERR           (VIRTIO_BLK_F_RO disks only)
+//! ok blk-fill: disk<i> sectors <a>..<b> = 0x<bb>                (per vmkit.fill for disk<i>)
+//! ok blk-write-zeroes: disk<i> sectors <a>..<b> read back as zeros  (if offered)
+//! ok blk-discard: disk<i> sectors <a>..<b> discarded            (if offered)
+//! ok blk-refill: disk<i> sectors <a>..<b> = 0x<bb>              (after either of the two)
+//! ok blk-irq: disk<i> <n> interrupts for <m> requests
+//! bench blk-read-4k qd=1 requests=<n> iops=<x> notifications/req=<a.bb> interrupts/req=<c.dd>
+//! bench blk-read-4k qd=32 ...                                   (per vmkit.blk-bench=<i>)
 //! guest: <P> passed, <F> failed
 //! ```
 //!
 //! The `cpu<k>` lines are printed by the application processors and are not
-//! counted: P + F is always 5. The guest then writes F to [`EXIT_PORT`], so
+//! counted; neither are the `bench` lines. Without disks P + F is always 5;
+//! each disk adds 5 (6 if read-only; 1 if `blk-init` fails) plus 1 or 4 per
+//! `vmkit.fill`. The guest
+//! then writes F to [`EXIT_PORT`], so
 //! the VM's exit status is 0 exactly when every check passed. A CPU exception
 //! prints `FAIL exception: vector <n> error <hex> at rip <hex>` and exits
 //! with [`EXIT_EXCEPTION`]; a Rust panic prints `FAIL panic: <message> at
 //! <file>:<line>` and exits with [`EXIT_PANIC`].
+//!
+//! # Disks
+//!
+//! The driver negotiates `VIRTIO_F_VERSION_1` (required) and, when offered,
+//! `VIRTIO_RING_F_EVENT_IDX`, `VIRTIO_BLK_F_SEG_MAX`, `_BLK_SIZE`, `_FLUSH`,
+//! `_RO`, `_DISCARD` and `_WRITE_ZEROES` (never `RING_INDIRECT_DESC`), with the
+//! spec's sequence (reset, ACKNOWLEDGE, DRIVER, features, FEATURES_OK read
+//! back, queue 0 of up to 256 entries, config read under ConfigGeneration,
+//! DRIVER_OK), and resets each device when its checks are done. Requests
+//! are split-ring descriptor chains (header, up to 4 data descriptors,
+//! status byte), up to 32 in flight. It notifies (one 32-bit write of 0 to
+//! QueueNotify) only when the device's `avail_event` asks for it, polls the
+//! used ring in memory, and sets `used_event` to ask for an interrupt only
+//! when it finds the used ring empty and is about to wait.
+//!
+//! - `blk-read`: the CRC-32 (zlib's `crc32`) of the first MiB of the disk, or
+//!   all of it if smaller, read as 32 KiB requests, 32 in flight; every status
+//!   byte must be OK (a status byte the device never wrote fails).
+//! - `blk-get-id`: GET_ID into a 20-byte buffer; printed up to the first NUL,
+//!   `"` and `\` escaped, other non-printable bytes as `\xNN`.
+//! - `blk-readonly`: an OUT of sector 0 inverted must get IOERR, and sector 0
+//!   must read back unchanged. No other write ever goes to a read-only disk.
+//! - `vmkit.fill=<i>:<first sector>:<count>:<bb>` (decimal, decimal,
+//!   decimal, exactly two hex digits; may repeat): write `0x<bb>` over sectors
+//!   `first..first+count` of disk i, FLUSH, read back and compare
+//!   (`blk-fill`); then, only inside that range, WRITE_ZEROES and read back
+//!   zeros, DISCARD (status OK), and write, flush and verify the byte again
+//!   (`blk-refill`), so the range ends holding the byte. A malformed value,
+//!   an empty or out-of-range span, a read-only disk or a missing disk is a
+//!   `FAIL blk-fill` line. Without `vmkit.fill` no disk is ever modified.
+//! - `vmkit.blk-bench=<i>` (may repeat): after disk i's checks, 4 KiB reads
+//!   at 4 KiB-aligned blocks `k * 0x9e3779b9 mod (capacity / 8)`, for one
+//!   second each at queue depth 1 and 32, timed with the TSC calibrated
+//!   against PIT channel 2 (50 ms, port 0x61 gate/output). `notifications/req`
+//!   counts QueueNotify writes, `interrupts/req` interrupts taken, per
+//!   completed request. A malformed value, a missing disk, a disk under 4 KiB
+//!   or a failed request is a counted `FAIL blk-bench` line.
 
 /// The guest's ELF image (built from `crates/guest` by `build.rs`).
 pub const ELF: &[u8] = include_bytes!(env!("VMKIT_GUEST_ELF"));

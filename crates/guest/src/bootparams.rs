@@ -153,9 +153,13 @@ impl BootParams {
 }
 
 /// The value of `key=value` on the command line (last one wins, as in Linux).
-pub fn param<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
+pub fn param<'a>(cmdline: &'a str, key: &'a str) -> Option<&'a str> {
+    params(cmdline, key).next_back()
+}
+
+/// Every value of `key=value` on the command line, in order.
+pub fn params<'a>(cmdline: &'a str, key: &'a str) -> impl DoubleEndedIterator<Item = &'a str> {
     cmdline
         .split_ascii_whitespace()
-        .filter_map(|word| word.strip_prefix(key)?.strip_prefix('='))
-        .next_back()
+        .filter_map(move |word| word.strip_prefix(key)?.strip_prefix('='))
 }

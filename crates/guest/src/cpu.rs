@@ -17,10 +17,19 @@
 //! | `0x8000`   | AP trampoline (real mode, SIPI vector `0x08`) + saved CR3 |
 //! | `0x100000` | [`MAX_CPUS`] TSSs with I/O bitmaps, 256 bytes apart     |
 //! | `0x102000` | GDT: null, kernel code, kernel data, user data, user code, TSS descriptors |
-//! | `0x102400` | IDT: 32 exception gates                                 |
-//! | `0x103000` | 32 exception stubs, 16 bytes apart, then code           |
+//! | `0x102400` | IDT: 32 exception gates, 16 absent, [`IRQ_PINS`] IRQ gates (vectors `0x30..`) |
+//! | `0x103000` | 32 exception stubs, then [`IRQ_PINS`] IRQ stubs, 16 bytes apart, then code |
+//!
+//! Device interrupts: IOAPIC pin `p` is routed (by `irq`) to vector
+//! [`IRQ_VECTOR_BASE`]` + p`, whose gate leads to a 15-instruction CPL0
+//! handler: read the virtio-mmio InterruptStatus of the device registered for
+//! that pin in [`VMKIT_IRQ_MMIO`], write it to InterruptACK, count the
+//! interrupt in [`VMKIT_IRQ_COUNT`], write the local APIC EOI, `iretq`. Only
+//! the BSP takes interrupts: it runs CPL3 with IF set (from its `iretq`
+//! frame; `sti` at CPL3 faults on this host), the APs with IF clear.
 
 use core::arch::{asm, global_asm};
+use core::sync::atomic::AtomicU64;
 
 /// Most CPUs the guest brings up (one TSS, kernel stack and user stack each).
 pub const MAX_CPUS: usize = 32;
@@ -49,6 +58,14 @@ const GDT_BASE: u64 = TSS_BASE + MAX_CPUS as u64 * TSS_STRIDE;
 const IDT_BASE: u64 = GDT_BASE + 0x400;
 /// The exception stubs (start of `.text`).
 const STUBS_BASE: u64 = 0x10_3000;
+/// Start of the IRQ stubs, right after the 32 exception stubs.
+const IRQ_STUBS_BASE: u64 = STUBS_BASE + 32 * 16;
+/// IOAPIC pins the guest can take interrupts from (KVM's IOAPIC has 24).
+pub const IRQ_PINS: usize = 24;
+/// Vector of IOAPIC pin 0; pin `p` uses `IRQ_VECTOR_BASE + p`.
+pub const IRQ_VECTOR_BASE: u8 = 0x30;
+/// The local APIC's EOI register (xAPIC at its default address).
+const LAPIC_EOI: u64 = 0xfee0_00b0;
 /// Exception vectors for which the CPU pushes an error code.
 const ERROR_CODE_VECTORS: u32 = 1 << 8 | 0x1f << 10 | 1 << 17 | 1 << 21 | 1 << 29 | 1 << 30;
 
@@ -61,9 +78,13 @@ const USTACK_SHIFT: u32 = 14;
 const CR4_BITS: u32 = 1 << 5 | 1 << 9 | 1 << 10;
 /// CR0 for the APs: PG | NE | ET | MP | PE.
 const CR0_AP: u32 = 1 << 31 | 1 << 5 | 1 << 4 | 1 << 1 | 1;
-/// RFLAGS at CPL3: IOPL = 3, IF clear, bit 1 set. (Under PVM the IOPL does
-/// not survive the first exit; the TSS I/O bitmap is what lets CPL3 `out`.)
+/// RFLAGS of the APs at CPL3: IOPL = 3, IF clear, bit 1 set. (Under PVM the
+/// IOPL does not survive the first exit; the TSS I/O bitmap is what lets CPL3
+/// `out`.)
 const USER_RFLAGS: u64 = 0x3002;
+/// RFLAGS of the BSP at CPL3: as [`USER_RFLAGS`] plus IF, so it takes device
+/// interrupts (`sti` at CPL3 raises #GP on this host).
+const USER_RFLAGS_BSP: u64 = USER_RFLAGS | 1 << 9;
 
 /// Serial port (16550 THR) used by the exception handler.
 pub const COM1: u16 = 0x3f8;
@@ -73,6 +94,21 @@ pub const EXIT_PORT: u16 = 0xf4;
 pub const EXIT_EXCEPTION: u32 = 0xff;
 /// Exit status after a panic.
 pub const EXIT_PANIC: u32 = 0xfe;
+/// i8254 PIT channel 0..2 data ports and mode port: `0x40..=0x43`.
+pub const PIT_PORTS: u16 = 0x40;
+/// Port 0x61 (NMI status and control): PIT channel 2 gate (bit 0), speaker
+/// enable (bit 1), channel 2 output (bit 5).
+pub const PORT_61: u16 = 0x61;
+
+/// For IOAPIC pin `p`, the base of the virtio-mmio device whose interrupts
+/// arrive there (0: none; the handler then only sends EOI). Read by the CPL0
+/// handler; written by the BSP before it unmasks the pin.
+#[unsafe(no_mangle)]
+pub static VMKIT_IRQ_MMIO: [AtomicU64; IRQ_PINS] = [const { AtomicU64::new(0) }; IRQ_PINS];
+/// Interrupts taken per IOAPIC pin, counted by the CPL0 handler (`incq` on
+/// the BSP, the only CPU that takes interrupts and reads these).
+#[unsafe(no_mangle)]
+pub static VMKIT_IRQ_COUNT: [AtomicU64; IRQ_PINS] = [const { AtomicU64::new(0) }; IRQ_PINS];
 
 const _: () = assert!(GDT_BASE == 0x10_2000 && IDT_BASE == 0x10_2400);
 const _: () = assert!((5 + 2 * MAX_CPUS) * 8 <= 0x400, "GDT overlaps the IDT");
@@ -81,8 +117,17 @@ const _: () = assert!(
     "I/O bitmap overflows the TSS slot"
 );
 const _: () = assert!(
-    EXIT_PORT % 8 == 4 && COM1.is_multiple_of(8),
+    EXIT_PORT % 8 == 4
+        && COM1.is_multiple_of(8)
+        && PIT_PORTS.is_multiple_of(8)
+        && PORT_61 % 8 == 1
+        && PIT_PORTS / 8 < PORT_61 / 8
+        && PORT_61 / 8 < EXIT_PORT / 8,
     "bitmap bytes assume these ports"
+);
+const _: () = assert!(
+    (IRQ_VECTOR_BASE as u64 + IRQ_PINS as u64) * 16 <= STUBS_BASE - IDT_BASE - 0x40,
+    "IDT overlaps the end of the tables"
 );
 
 // The descriptor tables, stacks and the AP ticket.
@@ -93,8 +138,9 @@ global_asm!(
 
     /*
      * One 64-bit TSS per CPU: RSP0 = top of that CPU's kernel stack, and an
-     * I/O permission bitmap that lets CPL3 use exactly the exit device
-     * (0xf4..0xf7) and the UART's data register (0x3f8). The bitmap is what
+     * I/O permission bitmap that lets CPL3 use exactly the PIT (0x40..0x43),
+     * port 0x61 (PIT channel 2 gate and output), the exit device (0xf4..0xf7)
+     * and the UART's data register (0x3f8). The bitmap is what
      * makes `out` work at CPL3 here: KVM's emulator consults it, while the
      * IOPL an `iretq` sets does not survive on this (PVM) host.
      */
@@ -107,7 +153,11 @@ vmkit_tss:
     .fill 11, 8, 0                  /* rsp1, rsp2, reserved, ist1-7, reserved */
     .word 0
     .word 104                       /* I/O permission bitmap offset */
-    .fill {exit_port} / 8, 1, 0xff  /* bitmap: 1 = port denied */
+    .fill {pit} / 8, 1, 0xff        /* bitmap: 1 = port denied */
+    .byte 0xf0                      /* ports 0x40..0x43 allowed */
+    .fill ({port61} / 8) - ({pit} / 8) - 1, 1, 0xff
+    .byte 0xfd                      /* port 0x61 allowed */
+    .fill ({exit_port} / 8) - ({port61} / 8) - 1, 1, 0xff
     .byte 0x0f                      /* ports 0xf4..0xf7 allowed */
     .fill ({com1} / 8) - ({exit_port} / 8) - 1, 1, 0xff
     .byte 0xfe                      /* port 0x3f8 allowed */
@@ -137,6 +187,14 @@ vmkit_idt:
     .set vmkit_i, 0
     .rept 32                        /* interrupt gate, DPL 0, to stub i */
     .set vmkit_h, {stubs_base} + (vmkit_i * 16)
+    .quad (vmkit_h & 0xffff) | ({kernel_cs} << 16) | (0x8e << 40) | (((vmkit_h >> 16) & 0xffff) << 48)
+    .quad vmkit_h >> 32
+    .set vmkit_i, vmkit_i + 1
+    .endr
+    .fill ({irq_vector_base} - 32) * 2, 8, 0   /* absent: #NP names the vector */
+    .set vmkit_i, 0
+    .rept {irq_pins}                /* interrupt gate, DPL 0, to IRQ stub i */
+    .set vmkit_h, {irq_stubs_base} + (vmkit_i * 16)
     .quad (vmkit_h & 0xffff) | ({kernel_cs} << 16) | (0x8e << 40) | (((vmkit_h >> 16) & 0xffff) << 48)
     .quad vmkit_h >> 32
     .set vmkit_i, vmkit_i + 1
@@ -180,6 +238,11 @@ vmkit_ustacks:
     stubs_base = const STUBS_BASE,
     kernel_cs = const KERNEL_CS,
     ustack_shift = const USTACK_SHIFT,
+    pit = const PIT_PORTS,
+    port61 = const PORT_61,
+    irq_vector_base = const IRQ_VECTOR_BASE,
+    irq_pins = const IRQ_PINS,
+    irq_stubs_base = const IRQ_STUBS_BASE,
     options(att_syntax),
 );
 
@@ -198,6 +261,19 @@ vmkit_exception_stubs:
     .endif
     .byte 0x6a, vmkit_i             /* push $vector */
     jmp vmkit_exception_common
+    .balign 16, 0xcc
+    .set vmkit_i, vmkit_i + 1
+    .endr
+
+    /* IRQ stubs, 16 bytes apart: push %rax, mov $pin, %eax, jmp common. */
+    .global vmkit_irq_stubs
+vmkit_irq_stubs:
+    .set vmkit_i, 0
+    .rept {irq_pins}
+    .byte 0x50                      /* push %rax */
+    .byte 0xb8                      /* mov $pin, %eax */
+    .long vmkit_i
+    jmp vmkit_irq_common
     .balign 16, 0xcc
     .set vmkit_i, vmkit_i + 1
     .endr
@@ -227,7 +303,7 @@ _start:
     mov %rsi, %rdi
     pushq ${user_ds}
     pushq $vmkit_ustacks + (1 << {ustack_shift}) - 8
-    pushq ${user_rflags}
+    pushq ${user_rflags_bsp}
     pushq ${user_cs}
     pushq ${bsp_main}
     iretq
@@ -268,6 +344,25 @@ vmkit_ap_entry64:
 vmkit_halt:
     hlt
     jmp vmkit_halt
+
+    /*
+     * Device interrupt on IOAPIC pin %eax (old %rax at (%rsp)). Emulated at
+     * CPL0, so 12 instructions (15 with the stub): acknowledge the device's InterruptStatus,
+     * count, EOI, back to CPL3.
+     */
+vmkit_irq_common:
+    push %rdx
+    mov {irq_mmio}(,%rax,8), %rdx
+    incq {irq_count}(,%rax,8)
+    test %rdx, %rdx
+    jz 1f
+    mov 0x60(%rdx), %eax            /* InterruptStatus */
+    mov %eax, 0x64(%rdx)            /* InterruptACK */
+1:  mov ${lapic_eoi}, %edx
+    movl $0, (%rdx)
+    pop %rdx
+    pop %rax
+    iretq
 
     /*
      * (%rsp) = vector, 8(%rsp) = error code, 16(%rsp) = RIP. Prints
@@ -398,6 +493,11 @@ vmkit_trampoline_end:
     user_cs = const USER_CS,
     tss0 = const TSS0_SEL,
     user_rflags = const USER_RFLAGS,
+    user_rflags_bsp = const USER_RFLAGS_BSP,
+    irq_pins = const IRQ_PINS,
+    lapic_eoi = const LAPIC_EOI,
+    irq_mmio = sym VMKIT_IRQ_MMIO,
+    irq_count = sym VMKIT_IRQ_COUNT,
     max_cpus = const MAX_CPUS,
     gdt_base = const GDT_BASE,
     com1 = const COM1,
@@ -439,11 +539,23 @@ pub fn image_ranges() -> [(u64, u64); 2] {
 /// Writes a byte to an I/O port.
 #[inline]
 pub fn outb(port: u16, value: u8) {
-    // SAFETY: the guest runs with IOPL = 3 and only addresses the serial port
-    // and the exit device, whose writes have no effect on memory.
+    // SAFETY: the TSS I/O bitmap lets CPL3 reach only the PIT, port 0x61, the
+    // serial port and the exit device, whose writes have no effect on memory.
     unsafe {
         asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
     }
+}
+
+/// Reads a byte from an I/O port.
+#[inline]
+pub fn inb(port: u16) -> u8 {
+    let value: u8;
+    // SAFETY: the TSS I/O bitmap lets CPL3 reach only the PIT, port 0x61,
+    // the exit device and the UART; reading those touches no memory.
+    unsafe {
+        asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack, preserves_flags))
+    }
+    value
 }
 
 /// Writes a 32-bit value to an I/O port.

@@ -11,13 +11,17 @@
 #![no_std]
 #![no_main]
 
+mod blk;
 mod bootparams;
 mod console;
 mod cpu;
 mod e820;
+mod irq;
 mod mem;
 mod mptable;
+mod pit;
 mod smp;
+mod virtio;
 
 use core::fmt;
 
@@ -50,6 +54,8 @@ impl Report {
 /// zero page address the VMM passed in RSI.
 extern "C" fn bsp_main(boot_params: u64) -> ! {
     let mut r = Report::default();
+    // This CPU runs with IF set: keep the 8259's output (LINT0) away first.
+    irq::mask_lint0();
 
     let bp = BootParams::at(boot_params);
     match bp {
@@ -70,6 +76,7 @@ extern "C" fn bsp_main(boot_params: u64) -> ! {
     e820::check(bp, param("vmkit.mem_mib"), &mut r);
     let cpus = mptable::check(param("vmkit.cpus"), &mut r);
     smp::check(cpus.as_ref(), &mut r);
+    blk::check(cmdline, &mut r);
 
     println!("guest: {} passed, {} failed", r.passed, r.failed);
     cpu::exit(r.failed)
