@@ -1,0 +1,652 @@
+//! The receive queue (virtio 1.2, 5.1.6.3 and 5.1.6.4): frames from a
+//! [`NetBackend`] into the buffers the driver posts, independent of the
+//! transport and of the tap.
+//!
+//! # Buffers
+//!
+//! Chains the driver makes available are popped into a list held by the
+//! device (checked once: device-writable only, inside guest memory, at
+//! least a header long; a bad chain goes back with used length 0). Frames
+//! are read from the backend only while that list is not empty: when it is,
+//! [`Rx::process`] re-enables driver notifications and reports
+//! [`RxStatus::NeedBuffers`], and the caller stops watching the backend
+//! until the driver notifies the queue.
+//!
+//! # Reading a frame
+//!
+//! The tap cannot say how long its next frame is without reading it, and a
+//! read into buffers that are too small truncates the frame, loses the rest
+//! and returns only what it stored. So every read into guest buffers gets
+//! one more byte, of host memory, after them: a frame that reaches it did
+//! not fit. Then:
+//!
+//! - Without VIRTIO_NET_F_MRG_RXBUF a frame must fit in one chain, the
+//!   oldest held one: the frame is read straight into it (one `readv`, no
+//!   copy). A frame larger than that chain is dropped, counted and logged,
+//!   and the chain is kept for the next frame.
+//! - With VIRTIO_NET_F_MRG_RXBUF a frame may span several chains. When the
+//!   held chains hold a header plus [`MAX_FRAME_LEN`] bytes (the largest
+//!   frame the tap can produce), the frame is read straight into them.
+//!   Otherwise (the driver is short of buffers) it is read into a host
+//!   buffer of one frame (the stash) and copied into the guest's buffers as
+//!   soon as they hold it; meanwhile the backend is not read. A stashed
+//!   frame is dropped only when every descriptor of the queue is already
+//!   held and it still does not fit. A driver that keeps its ring full
+//!   (Linux does) never takes the copying path.
+//!
+//! The header comes from the tap; the device sets `num_buffers` (the number
+//! of chains used, 1 without MRG_RXBUF) and clears `flags` if the driver did
+//! not negotiate VIRTIO_NET_F_GUEST_CSUM. The used entries of a frame are
+//! published with a single used index update, so a driver never sees a
+//! frame's first buffer before its last.
+
+use std::collections::VecDeque;
+use std::io;
+use std::num::Wrapping;
+use std::sync::atomic::{Ordering, fence};
+
+use log::{error, warn};
+use virtio_bindings::virtio_net::{VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MRG_RXBUF};
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, VolatileSlice};
+use vmkit_virtio::GuestMemoryMmap;
+
+use crate::header::{FLAGS_OFFSET, NUM_BUFFERS_OFFSET};
+use crate::tap::IOV_MAX;
+use crate::{MAX_FRAME_LEN, NetBackend, VNET_HDR_LEN, should_log};
+
+/// Size of the used ring's header (flags, idx) and of one used element.
+const USED_RING_HEADER: u64 = 4;
+const USED_ELEM: u64 = 8;
+/// Size of the available ring's header (flags, idx) and of one entry.
+const AVAIL_RING_HEADER: u64 = 4;
+const AVAIL_ELEM: u64 = 2;
+
+/// A chain popped from the available ring and held until a frame fills it.
+#[derive(Debug)]
+struct RxChain {
+    head: u16,
+    /// Device-writable buffers in chain order, each inside guest memory.
+    bufs: Vec<(GuestAddress, usize)>,
+    /// Their total length.
+    len: usize,
+    /// Descriptors of the queue's table the chain occupies (1 for an
+    /// indirect chain).
+    ring_descs: usize,
+}
+
+/// Why a chain posted for RX is unusable.
+#[derive(Debug, thiserror::Error)]
+enum ChainError {
+    #[error("descriptor {0} is device-readable")]
+    Readable(usize),
+    #[error("descriptor of {len} bytes at {addr:#x} is outside guest memory")]
+    BadAddress { addr: u64, len: u32 },
+    #[error("{0} bytes is less than the {VNET_HDR_LEN}-byte header")]
+    TooShort(usize),
+    #[error("more than {IOV_MAX} buffers")]
+    TooManyBuffers,
+}
+
+/// Why [`Rx::process`] returned.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RxStatus {
+    /// The backend has no more frames: wait until it is readable.
+    #[default]
+    Drained,
+    /// The driver has no (or not enough) buffers: stop watching the backend
+    /// until the driver notifies the queue. Driver notifications are
+    /// enabled.
+    NeedBuffers,
+    /// The frame budget ran out with buffers and maybe frames left: call
+    /// again (after other work).
+    Budget,
+    /// The backend failed (logged): stop watching it until the driver
+    /// notifies the queue.
+    BackendFailed,
+}
+
+/// What one [`Rx::process`] call did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RxOutcome {
+    /// Frames delivered to the driver.
+    pub frames: u64,
+    /// Their bytes, virtio-net headers not counted.
+    pub bytes: u64,
+    /// Frames dropped (larger than the guest's buffers, or malformed).
+    pub dropped: u64,
+    /// Chains the driver posted that were unusable (returned with used
+    /// length 0).
+    pub bad_chains: u64,
+    /// Frames delivered through the host buffer (MRG_RXBUF with the driver
+    /// short of buffers), included in `frames`.
+    pub copied: u64,
+    /// Used ring entries added.
+    pub used: u64,
+    /// Why the call returned.
+    pub status: RxStatus,
+}
+
+/// Receives frames into the buffers the driver posts on an RX queue.
+#[derive(Debug)]
+pub struct Rx {
+    mrg_rxbuf: bool,
+    guest_csum: bool,
+    held: VecDeque<RxChain>,
+    held_bytes: usize,
+    held_descs: usize,
+    /// One frame read from the backend before the driver had room for it.
+    stash: Vec<u8>,
+    stash_len: usize,
+    /// Whether driver notifications are enabled (used flags / avail_event).
+    notify_enabled: bool,
+    /// `next_used` when the driver was last considered for an interrupt.
+    signalled_used: Wrapping<u16>,
+    dropped: u64,
+    bad_chains: u64,
+}
+
+/// Writes `data` at byte `offset` of the buffers `bufs`.
+fn write_at(
+    mem: &GuestMemoryMmap,
+    bufs: &[(GuestAddress, usize)],
+    mut offset: usize,
+    mut data: &[u8],
+) -> vm_memory::GuestMemoryResult<()> {
+    for &(addr, len) in bufs {
+        if data.is_empty() {
+            break;
+        }
+        if offset >= len {
+            offset -= len;
+            continue;
+        }
+        let n = data.len().min(len - offset);
+        // `offset < len` and the buffer lies in guest memory.
+        mem.write_slice(&data[..n], addr.unchecked_add(offset as u64))?;
+        data = &data[n..];
+        offset = 0;
+    }
+    Ok(())
+}
+
+impl Rx {
+    /// A receiver for a driver that accepted `features`, on `queue` as the
+    /// transport handed it over.
+    pub fn new(features: u64, queue: &Queue) -> Self {
+        Rx {
+            mrg_rxbuf: features & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0,
+            guest_csum: features & (1 << VIRTIO_NET_F_GUEST_CSUM) != 0,
+            held: VecDeque::new(),
+            held_bytes: 0,
+            held_descs: 0,
+            stash: Vec::new(),
+            stash_len: 0,
+            notify_enabled: true,
+            signalled_used: Wrapping(queue.next_used()),
+            dropped: 0,
+            bad_chains: 0,
+        }
+    }
+
+    /// Chains popped from the queue and not yet used.
+    pub fn held_chains(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Their total length in bytes.
+    pub fn held_bytes(&self) -> usize {
+        self.held_bytes
+    }
+
+    /// Whether a frame waits in the host buffer for the driver to post
+    /// room for it.
+    pub fn has_stashed_frame(&self) -> bool {
+        self.stash_len > 0
+    }
+
+    /// Checks the descriptors of the chain at `head`; `ring_descs` is set
+    /// to the number of descriptors.
+    fn parse_chain(
+        mem: &GuestMemoryMmap,
+        head: u16,
+        chain: impl IntoIterator<Item = Descriptor>,
+    ) -> Result<RxChain, ChainError> {
+        let mut bufs = Vec::new();
+        let mut total = 0usize;
+        let mut count = 0usize;
+        for (i, desc) in chain.into_iter().enumerate() {
+            count += 1;
+            if !desc.is_write_only() {
+                return Err(ChainError::Readable(i));
+            }
+            let len = desc.len() as usize;
+            if len == 0 {
+                continue;
+            }
+            if !GuestMemoryBackend::check_range(mem, desc.addr(), len) {
+                return Err(ChainError::BadAddress {
+                    addr: desc.addr().0,
+                    len: desc.len(),
+                });
+            }
+            if bufs.len() == IOV_MAX {
+                return Err(ChainError::TooManyBuffers);
+            }
+            bufs.push((desc.addr(), len));
+            total += len;
+        }
+        if total < VNET_HDR_LEN {
+            return Err(ChainError::TooShort(total));
+        }
+        Ok(RxChain {
+            head,
+            bufs,
+            len: total,
+            ring_descs: count,
+        })
+    }
+
+    /// How many descriptors of the queue's table the chain at `head`
+    /// occupies: 1 if the head refers to an indirect table, else `count`.
+    fn ring_descs(mem: &GuestMemoryMmap, queue: &Queue, head: u16, count: usize) -> usize {
+        let addr = queue.desc_table().wrapping_add(u64::from(head) * 16);
+        match mem.read_obj::<Descriptor>(GuestAddress(addr)) {
+            Ok(desc) if desc.refers_to_indirect_table() => 1,
+            _ => count.max(1),
+        }
+    }
+
+    /// Pops every available chain into the held list.
+    fn refill(&mut self, mem: &GuestMemoryMmap, queue: &mut Queue, out: &mut RxOutcome) -> usize {
+        let mut popped = 0;
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            popped += 1;
+            let head = chain.head_index();
+            match Self::parse_chain(mem, head, chain) {
+                Ok(mut rx_chain) => {
+                    rx_chain.ring_descs = Self::ring_descs(mem, queue, head, rx_chain.ring_descs);
+                    self.held_bytes += rx_chain.len;
+                    self.held_descs += rx_chain.ring_descs;
+                    self.held.push_back(rx_chain);
+                }
+                Err(e) => {
+                    self.bad_chains += 1;
+                    out.bad_chains += 1;
+                    if should_log(self.bad_chains) {
+                        warn!(
+                            "virtio-net: RX: unusable chain {head}: {e}; returned unused \
+                             ({} so far)",
+                            self.bad_chains
+                        );
+                    }
+                    match self.publish(mem, queue, &[(head, 0)]) {
+                        Ok(()) => out.used += 1,
+                        Err(e) => warn!("virtio-net: RX: cannot return descriptor {head}: {e}"),
+                    }
+                }
+            }
+        }
+        popped
+    }
+
+    /// Adds `entries` (head, length) to the used ring with one update of
+    /// the used index, so that the driver sees all of them or none.
+    fn publish(
+        &self,
+        mem: &GuestMemoryMmap,
+        queue: &mut Queue,
+        entries: &[(u16, u32)],
+    ) -> Result<(), virtio_queue::Error> {
+        let Some((&(last_head, last_len), rest)) = entries.split_last() else {
+            return Ok(());
+        };
+        let start = queue.next_used();
+        let size = queue.size();
+        for (i, &(head, len)) in rest.iter().enumerate() {
+            // Heads come from popped chains, so they are below the size.
+            let pos = start
+                .wrapping_add(i as u16)
+                .checked_rem(size)
+                .ok_or(virtio_queue::Error::InvalidSize)?;
+            let addr = queue
+                .used_ring()
+                .checked_add(USED_RING_HEADER + u64::from(pos) * USED_ELEM)
+                .ok_or(virtio_queue::Error::AddressOverflow)?;
+            let mut elem = [0u8; USED_ELEM as usize];
+            elem[..4].copy_from_slice(&u32::from(head).to_le_bytes());
+            elem[4..].copy_from_slice(&len.to_le_bytes());
+            mem.write_slice(&elem, GuestAddress(addr))
+                .map_err(virtio_queue::Error::GuestMemory)?;
+        }
+        // add_used writes the last element and then stores the used index
+        // with release ordering: the elements written above are visible to
+        // the driver before the index that covers them.
+        queue.set_next_used(start.wrapping_add(rest.len() as u16));
+        if let Err(e) = queue.add_used(mem, last_head, last_len) {
+            queue.set_next_used(start);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Whether the driver must be interrupted for the used entries added
+    /// since the last call: always without VIRTIO_RING_F_EVENT_IDX, else
+    /// when the used index moved past `used_event` (the test of
+    /// `Queue::needs_notification`, over every entry added since the last
+    /// call, which that method cannot see once entries are published
+    /// together).
+    pub fn needs_interrupt(&mut self, mem: &GuestMemoryMmap, queue: &Queue) -> bool {
+        let new = Wrapping(queue.next_used());
+        let old = std::mem::replace(&mut self.signalled_used, new);
+        if new == old {
+            return false;
+        }
+        if !queue.event_idx_enabled() {
+            return true;
+        }
+        // The used entries must be visible before used_event is read.
+        fence(Ordering::SeqCst);
+        let addr = queue
+            .avail_ring()
+            .wrapping_add(AVAIL_RING_HEADER + u64::from(queue.size()) * AVAIL_ELEM);
+        match mem.load::<u16>(GuestAddress(addr), Ordering::Acquire) {
+            Ok(used_event) => {
+                let used_event = Wrapping(u16::from_le(used_event));
+                new - used_event - Wrapping(1) < new - old
+            }
+            Err(e) => {
+                warn!("virtio-net: RX: cannot read used_event: {e}");
+                true
+            }
+        }
+    }
+
+    /// Enables driver notifications and pops what the driver added
+    /// meanwhile. Returns whether anything was popped.
+    fn wait_for_buffers(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        queue: &mut Queue,
+        out: &mut RxOutcome,
+    ) -> bool {
+        self.notify_enabled = true;
+        match queue.enable_notification(mem) {
+            Ok(true) => {
+                if self.refill(mem, queue, out) > 0 {
+                    return true;
+                }
+                warn!("virtio-net: RX: available ring index is invalid");
+                false
+            }
+            Ok(false) => false,
+            Err(e) => {
+                warn!("virtio-net: RX: cannot enable notifications: {e}");
+                false
+            }
+        }
+    }
+
+    /// Holding buffers: driver notifications would only cost exits.
+    fn quiet(&mut self, mem: &GuestMemoryMmap, queue: &mut Queue) {
+        if self.notify_enabled {
+            self.notify_enabled = false;
+            if let Err(e) = queue.disable_notification(mem) {
+                warn!("virtio-net: RX: cannot disable notifications: {e}");
+            }
+        }
+    }
+
+    fn drop_frame(&mut self, out: &mut RxOutcome, why: std::fmt::Arguments<'_>) {
+        self.dropped += 1;
+        out.dropped += 1;
+        if should_log(self.dropped) {
+            warn!(
+                "virtio-net: RX: dropping a frame: {why} ({} dropped so far)",
+                self.dropped
+            );
+        }
+    }
+
+    /// Hands the first `len` bytes of the held chains (already holding a
+    /// frame) to the driver: fixes the header, publishes the used entries.
+    fn complete(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        queue: &mut Queue,
+        len: usize,
+        out: &mut RxOutcome,
+    ) {
+        let mut entries: Vec<(u16, u32)> = Vec::new();
+        let mut remaining = len;
+        for chain in &self.held {
+            let n = remaining.min(chain.len);
+            // A chain's length fits in u32 (virtio limits chains to 4 GiB).
+            entries.push((chain.head, n as u32));
+            remaining -= n;
+            if remaining == 0 || !self.mrg_rxbuf {
+                break;
+            }
+        }
+        let Some(first) = self.held.front() else {
+            return;
+        };
+        // At most the queue size (32768).
+        let num_buffers = entries.len() as u16;
+        let mut result = write_at(
+            mem,
+            &first.bufs,
+            NUM_BUFFERS_OFFSET,
+            &num_buffers.to_le_bytes(),
+        );
+        if result.is_ok() && !self.guest_csum {
+            // Without GUEST_CSUM the driver expects flags 0 (the tap may
+            // set DATA_VALID).
+            result = write_at(mem, &first.bufs, FLAGS_OFFSET, &[0]);
+        }
+        if let Err(e) = result {
+            self.drop_frame(out, format_args!("cannot write its header: {e}"));
+            return;
+        }
+        if let Err(e) = self.publish(mem, queue, &entries) {
+            self.drop_frame(out, format_args!("cannot publish its used entries: {e}"));
+            return;
+        }
+        for _ in 0..entries.len() {
+            if let Some(chain) = self.held.pop_front() {
+                self.held_bytes -= chain.len;
+                self.held_descs -= chain.ring_descs;
+            }
+        }
+        out.frames += 1;
+        out.bytes += (len - VNET_HDR_LEN) as u64;
+        out.used += entries.len() as u64;
+    }
+
+    /// The held buffers as slices, in order, until they cover `want` bytes
+    /// (or all of them, without MRG_RXBUF only the first chain), leaving
+    /// room for one more I/O vector. Returns the slices and their total
+    /// length.
+    fn slices<'m>(&self, mem: &'m GuestMemoryMmap, want: usize) -> (Vec<VolatileSlice<'m>>, usize) {
+        let mut slices = Vec::new();
+        let mut total = 0usize;
+        'chains: for chain in &self.held {
+            for &(addr, len) in &chain.bufs {
+                for slice in GuestMemoryBackend::get_slices(mem, addr, len) {
+                    // Checked when popped; guest memory does not change.
+                    let Ok(slice) = slice else {
+                        break 'chains;
+                    };
+                    if slices.len() == IOV_MAX - 1 {
+                        break 'chains;
+                    }
+                    total += slice.len();
+                    slices.push(slice);
+                }
+            }
+            if total >= want || !self.mrg_rxbuf {
+                break;
+            }
+        }
+        (slices, total)
+    }
+
+    /// Reads one frame from `backend`, straight into the held buffers when
+    /// they can take any frame, else into the stash. Returns false when the
+    /// backend has no frame.
+    fn receive_one<B: NetBackend + ?Sized>(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        queue: &mut Queue,
+        backend: &B,
+        out: &mut RxOutcome,
+    ) -> io::Result<bool> {
+        let want = if self.mrg_rxbuf {
+            VNET_HDR_LEN + MAX_FRAME_LEN
+        } else {
+            0
+        };
+        let (mut slices, capacity) = self.slices(mem, want);
+        if capacity < want {
+            drop(slices);
+            return self.read_into_stash(backend, out);
+        }
+        // A frame that reaches this byte did not fit the guest's buffers.
+        let mut overflow = [0u8; 1];
+        slices.push(VolatileSlice::from(&mut overflow[..]));
+        let n = match backend.read_frame(&slices) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(true),
+            Err(e) => return Err(e),
+        };
+        drop(slices);
+        if n > capacity {
+            self.drop_frame(
+                out,
+                format_args!("{n} bytes do not fit the guest's {capacity}-byte buffer"),
+            );
+        } else if n < VNET_HDR_LEN {
+            self.drop_frame(out, format_args!("{n} bytes is shorter than the header"));
+        } else {
+            self.complete(mem, queue, n, out);
+        }
+        Ok(true)
+    }
+
+    fn read_into_stash<B: NetBackend + ?Sized>(
+        &mut self,
+        backend: &B,
+        out: &mut RxOutcome,
+    ) -> io::Result<bool> {
+        if self.stash.is_empty() {
+            // One byte more than any frame, to tell one that is too large.
+            self.stash = vec![0; VNET_HDR_LEN + MAX_FRAME_LEN + 1];
+        }
+        let n = match backend.read_frame(&[VolatileSlice::from(&mut self.stash[..])]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(true),
+            Err(e) => return Err(e),
+        };
+        if !(VNET_HDR_LEN..=VNET_HDR_LEN + MAX_FRAME_LEN).contains(&n) {
+            self.drop_frame(out, format_args!("backend frame of {n} bytes"));
+        } else {
+            self.stash_len = n;
+        }
+        Ok(true)
+    }
+
+    /// Copies the stashed frame into the held buffers if they hold it.
+    /// Returns false when the driver must post more buffers first.
+    fn deliver_stash(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        queue: &mut Queue,
+        out: &mut RxOutcome,
+    ) -> bool {
+        let len = self.stash_len;
+        if self.held_bytes < len {
+            if self.held_descs < usize::from(queue.size()) {
+                return false;
+            }
+            self.stash_len = 0;
+            let held = self.held_bytes;
+            self.drop_frame(
+                out,
+                format_args!("{len} bytes exceed the {held} bytes of a full RX queue"),
+            );
+            return true;
+        }
+        let mut copied = 0;
+        for chain in &self.held {
+            let n = (len - copied).min(chain.len);
+            if let Err(e) = write_at(mem, &chain.bufs, 0, &self.stash[copied..copied + n]) {
+                self.stash_len = 0;
+                self.drop_frame(out, format_args!("cannot copy it into guest memory: {e}"));
+                return true;
+            }
+            copied += n;
+            if copied == len {
+                break;
+            }
+        }
+        self.stash_len = 0;
+        self.complete(mem, queue, len, out);
+        out.copied += 1;
+        true
+    }
+
+    /// Moves frames from `backend` into the driver's buffers until the
+    /// backend is drained, the driver runs out of buffers, or `budget`
+    /// frames were handled. Pops newly posted chains as it goes.
+    ///
+    /// Whether to interrupt the driver afterwards: [`Rx::needs_interrupt`].
+    pub fn process<B: NetBackend + ?Sized>(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        queue: &mut Queue,
+        backend: &B,
+        budget: u64,
+    ) -> RxOutcome {
+        let mut out = RxOutcome::default();
+        loop {
+            if out.frames + out.dropped >= budget {
+                out.status = RxStatus::Budget;
+                return out;
+            }
+            self.refill(mem, queue, &mut out);
+            if self.stash_len > 0 {
+                if self.deliver_stash(mem, queue, &mut out) {
+                    continue;
+                }
+                if self.wait_for_buffers(mem, queue, &mut out) {
+                    continue;
+                }
+                out.status = RxStatus::NeedBuffers;
+                return out;
+            }
+            if self.held.is_empty() {
+                if self.wait_for_buffers(mem, queue, &mut out) {
+                    continue;
+                }
+                out.status = RxStatus::NeedBuffers;
+                return out;
+            }
+            self.quiet(mem, queue);
+            match self.receive_one(mem, queue, backend, &mut out) {
+                Ok(true) => {}
+                Ok(false) => {
+                    out.status = RxStatus::Drained;
+                    return out;
+                }
+                Err(e) => {
+                    error!("virtio-net: RX: reading from the backend failed: {e}");
+                    out.status = RxStatus::BackendFailed;
+                    return out;
+                }
+            }
+        }
+    }
+}
