@@ -30,6 +30,7 @@ use vmkit::hypervisor::{
 };
 use vmkit::memory::vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmkit::memory::{self, GuestMemoryMmap, SystemAllocator};
+use vmkit::net::{Net, NetSpec};
 use vmkit::virtio::{MMIO_WINDOW_SIZE, MmioTransport, NotifyRegistrar, VirtioDevice};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -64,6 +65,10 @@ struct Args {
     /// guessed from the file's contents).
     #[arg(long = "disk", value_name = "PATH[,format=raw][,readonly=on]")]
     disks: Vec<DiskSpec>,
+    /// A NIC as a virtio-net device on a tap device, optionally attached to
+    /// a host bridge (repeatable).
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC][,bridge=BR]")]
+    nets: Vec<NetSpec>,
     /// Print, on exit, the VMM's resident memory beyond guest memory and
     /// each virtio device's request, notification and interrupt counts.
     #[arg(long)]
@@ -167,6 +172,13 @@ fn run(args: &Args) -> Result<ExitCode, BoxError> {
         let (base, irq) = add_virtio_mmio(Box::new(block), &mut alloc, &mmio, &vm, &mem, &notify)?;
         cmdline.push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{irq}"));
     }
+    let mut net_stats = Vec::new();
+    for spec in &args.nets {
+        let net = Net::new(spec.open_tap()?, spec.mac_or_random()?)?;
+        net_stats.push(net.stats());
+        let (base, irq) = add_virtio_mmio(Box::new(net), &mut alloc, &mmio, &vm, &mem, &notify)?;
+        cmdline.push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{irq}"));
+    }
     boot::configure_system(&mem, &cmdline, cpus)?;
 
     // Legacy devices on the port-I/O bus.
@@ -230,6 +242,9 @@ fn run(args: &Args) -> Result<ExitCode, BoxError> {
                 s.queue_notifications(),
                 s.interrupts_sent()
             );
+        }
+        for (i, s) in net_stats.iter().enumerate() {
+            eprintln!("vmm: net{i}: {s}");
         }
     }
     Ok(match end {

@@ -12,6 +12,7 @@
 //! | [`virtio`] | vmkit-virtio | the `VirtioDevice` trait and the virtio-mmio transport |
 //! | [`disk`] | vmkit-disk | the `DiskImage` trait and disk image formats |
 //! | [`blk`] | vmkit-blk | virtio-blk over any `DiskImage` |
+//! | [`net`] | vmkit-net | tap devices, bridge helpers and virtio-net |
 //!
 //! [`guest`] holds vmkit's minimal guest, built from `crates/guest` by this
 //! package's build script.
@@ -25,4 +26,5 @@ pub use vmkit_devices as devices;
 pub use vmkit_disk as disk;
 pub use vmkit_hypervisor as hypervisor;
 pub use vmkit_memory as memory;
+pub use vmkit_net as net;
 pub use vmkit_virtio as virtio;

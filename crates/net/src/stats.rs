@@ -145,3 +145,24 @@ impl NetStats {
         add(&self.interrupts, 1);
     }
 }
+
+impl std::fmt::Display for NetStats {
+    /// One line: packets, bytes and drops each way, and what they cost in
+    /// queue notifications and interrupts.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "tx {} packets {} bytes {} dropped {} notifications; \
+             rx {} packets {} bytes {} dropped {} notifications; {} interrupts",
+            self.tx_packets(),
+            self.tx_bytes(),
+            self.tx_dropped(),
+            self.tx_notifications(),
+            self.rx_packets(),
+            self.rx_bytes(),
+            self.rx_dropped(),
+            self.rx_notifications(),
+            get(&self.interrupts),
+        )
+    }
+}
