@@ -7,7 +7,7 @@ use log::{error, warn};
 use virtio_queue::{Queue, QueueT};
 use vmkit_virtio::{GuestMemoryMmap, Interrupt, InterruptType, QueueHandler};
 
-use crate::RequestProcessor;
+use crate::{RequestBuffers, RequestProcessor};
 
 /// Counters of a block device, shared with whoever watches it (benchmarks,
 /// metrics). They survive resets.
@@ -85,6 +85,8 @@ impl BlockHandler {
         let event_idx = self.queue.event_idx_enabled();
         let mut completed = 0usize;
         let mut empty_rounds = 0;
+        // Scratch storage shared by the requests of this batch.
+        let mut buffers = RequestBuffers::new();
         loop {
             if event_idx {
                 // No notifications while we drain; re-enabled below.
@@ -96,7 +98,7 @@ impl BlockHandler {
             while let Some(chain) = self.queue.pop_descriptor_chain(&self.mem) {
                 popped += 1;
                 let head = chain.head_index();
-                let len = self.processor.process(&self.mem, chain);
+                let len = self.processor.process(&self.mem, chain, &mut buffers);
                 if let Err(e) = self.queue.add_used(&self.mem, head, len) {
                     warn!("virtio-blk: cannot return descriptor {head} to the used ring: {e}");
                     continue;
