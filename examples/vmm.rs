@@ -9,7 +9,7 @@
 //! device; the process exits with the guest's status.
 
 use std::fs::File;
-use std::io::{self, Cursor};
+use std::io::Cursor;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,13 +25,11 @@ use vmkit::devices::{
     I8042_PORT_LEN, SERIAL_PORT_LEN, Serial,
 };
 use vmkit::disk::{DiskSpec, open_disk};
-use vmkit::hypervisor::{
-    DataMatch, Hypervisor, IoEventAddress, Vcpu, VcpuExit, Vm, kvm::KvmHypervisor,
-};
-use vmkit::memory::vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
-use vmkit::memory::{self, GuestMemoryMmap, SystemAllocator};
+use vmkit::hypervisor::{Hypervisor, kvm::KvmHypervisor};
+use vmkit::memory::{self, SystemAllocator};
 use vmkit::net::{Net, NetSpec};
-use vmkit::virtio::{MMIO_WINDOW_SIZE, MmioTransport, NotifyRegistrar, VirtioDevice};
+use vmkit::virtio_mmio::attach_virtio_mmio;
+use vmkit::{overhead, vcpu};
 use vmm_sys_util::eventfd::EventFd;
 
 /// Command line, after `qemu-system-x86_64 -enable-kvm -name NAME -m MiB ...`.
@@ -132,7 +130,7 @@ fn run(args: &Args) -> Result<ExitCode, BoxError> {
     vm.create_irq_chip()?;
     vm.create_pit()?;
 
-    let (entry, cmdline) = match &args.kernel {
+    let (entry, mut cmdline) = match &args.kernel {
         Some(path) => {
             let mut file = File::open(path)
                 .map_err(|e| format!("cannot open kernel {}: {e}", path.display()))?;
@@ -157,27 +155,25 @@ fn run(args: &Args) -> Result<ExitCode, BoxError> {
             )
         }
     };
-    let mut cmdline = cmdline;
 
     // virtio-blk devices on the MMIO bus, announced on the command line the
     // way Linux's virtio_mmio driver reads them.
     let mmio = Arc::new(Bus::new());
     let mut alloc = SystemAllocator::new()?;
-    let notify: Arc<dyn NotifyRegistrar> = Arc::new(VmNotify(vm.clone()));
     let mut block_stats = Vec::new();
     for (i, spec) in args.disks.iter().enumerate() {
         let disk = open_disk(spec).map_err(|e| format!("--disk {}: {e}", spec.path.display()))?;
         let block = Block::new(disk, DiskId::new(&format!("vmkit-disk{i}"))?);
         block_stats.push(block.stats());
-        let (base, irq) = add_virtio_mmio(Box::new(block), &mut alloc, &mmio, &vm, &mem, &notify)?;
-        cmdline.push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{irq}"));
+        let slot = attach_virtio_mmio(Box::new(block), &vm, &mem, &mut alloc, &mmio)?;
+        cmdline.push_str(&format!(" {}", slot.cmdline_arg()));
     }
     let mut net_stats = Vec::new();
     for spec in &args.nets {
         let net = Net::new(spec.open_tap()?, spec.mac_or_random()?)?;
         net_stats.push(net.stats());
-        let (base, irq) = add_virtio_mmio(Box::new(net), &mut alloc, &mmio, &vm, &mem, &notify)?;
-        cmdline.push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{irq}"));
+        let slot = attach_virtio_mmio(Box::new(net), &vm, &mem, &mut alloc, &mmio)?;
+        cmdline.push_str(&format!(" {}", slot.cmdline_arg()));
     }
     boot::configure_system(&mem, &cmdline, cpus)?;
 
@@ -217,16 +213,14 @@ fn run(args: &Args) -> Result<ExitCode, BoxError> {
         let vcpu = vm.create_vcpu(u32::from(id))?;
         let boot_entry = (id == 0).then_some(entry.entry);
         boot::configure_vcpu(vcpu.as_ref(), &mem, id, cpus, &cpuid, boot_entry)?;
-        let ctx = VcpuContext {
-            id,
-            pio: pio.clone(),
-            mmio: mmio.clone(),
-            mem: mem.clone(),
-            end: end_tx.clone(),
-        };
+        let (pio, mmio, mem, end) = (pio.clone(), mmio.clone(), mem.clone(), end_tx.clone());
         thread::Builder::new()
             .name(format!("vcpu{id}"))
-            .spawn(move || ctx.run(vcpu))?;
+            .spawn(move || {
+                let mut vcpu = vcpu;
+                let why = vcpu::run_until_stop(vcpu.as_mut(), &pio, &mmio, &mem);
+                let _ = end.send(VmEnd::Fatal(format!("vCPU {id}: {why}")));
+            })?;
     }
     drop(end_tx);
 
@@ -234,7 +228,11 @@ fn run(args: &Args) -> Result<ExitCode, BoxError> {
         .recv()
         .unwrap_or_else(|_| VmEnd::Fatal("every vCPU thread ended".into()));
     if args.stats {
-        report_overhead(&mem)?;
+        let o = overhead::resident_overhead(&mem)?;
+        eprintln!(
+            "vmm: vmm overhead {} KiB resident beyond guest memory, of which {} KiB anonymous",
+            o.rss_kib, o.anon_kib
+        );
         for (i, s) in block_stats.iter().enumerate() {
             eprintln!(
                 "vmm: disk{i}: {} requests, {} queue notifications, {} interrupts",
@@ -260,46 +258,6 @@ fn run(args: &Args) -> Result<ExitCode, BoxError> {
     })
 }
 
-/// Queue notifications through the hypervisor's ioeventfds.
-struct VmNotify(Arc<dyn Vm>);
-
-impl NotifyRegistrar for VmNotify {
-    fn register(&self, fd: &EventFd, addr: u64, datamatch: u32) -> io::Result<()> {
-        let (addr, dm) = (IoEventAddress::Mmio(addr), DataMatch::U32(datamatch));
-        self.0
-            .register_ioevent(fd, addr, dm)
-            .map_err(io::Error::other)
-    }
-    fn unregister(&self, fd: &EventFd, addr: u64, datamatch: u32) -> io::Result<()> {
-        let (addr, dm) = (IoEventAddress::Mmio(addr), DataMatch::U32(datamatch));
-        self.0
-            .unregister_ioevent(fd, addr, dm)
-            .map_err(io::Error::other)
-    }
-}
-
-/// Puts `device` behind a virtio-mmio window with its own interrupt line
-/// (an irqfd); returns the window's base and the line.
-fn add_virtio_mmio(
-    device: Box<dyn VirtioDevice>,
-    alloc: &mut SystemAllocator,
-    mmio: &Bus,
-    vm: &Arc<dyn Vm>,
-    mem: &GuestMemoryMmap,
-    notify: &Arc<dyn NotifyRegistrar>,
-) -> Result<(u64, u32), BoxError> {
-    let base = alloc
-        .allocate_mmio(MMIO_WINDOW_SIZE, MMIO_WINDOW_SIZE)?
-        .start();
-    let irq = alloc.allocate_irq()?;
-    let irq_evt = EventFd::new(libc::EFD_NONBLOCK)?;
-    vm.register_irqfd(&irq_evt, irq)?;
-    let transport =
-        MmioTransport::new(device, mem.clone(), Arc::new(irq_evt), notify.clone(), base)?;
-    mmio.insert(Arc::new(Mutex::new(transport)), base, MMIO_WINDOW_SIZE)?;
-    Ok((base, irq))
-}
-
 /// Waits for `evt` on its own thread and sends `what()` as the VM's end.
 fn forward_event(evt: EventFd, tx: Sender<VmEnd>, what: impl FnOnce() -> VmEnd + Send + 'static) {
     thread::spawn(move || {
@@ -307,129 +265,4 @@ fn forward_event(evt: EventFd, tx: Sender<VmEnd>, what: impl FnOnce() -> VmEnd +
             let _ = tx.send(what());
         }
     });
-}
-
-struct VcpuContext {
-    id: u8,
-    pio: Arc<Bus>,
-    mmio: Arc<Bus>,
-    mem: GuestMemoryMmap,
-    end: Sender<VmEnd>,
-}
-
-impl VcpuContext {
-    /// The vCPU loop: hand I/O exits to the buses until the guest stops.
-    fn run(self, mut vcpu: Box<dyn Vcpu>) {
-        let why = loop {
-            let stop = match vcpu.run() {
-                Ok(VcpuExit::IoOut { port, data }) => {
-                    self.pio.write(u64::from(port), data);
-                    None
-                }
-                Ok(VcpuExit::IoIn { port, data }) => {
-                    if !self.pio.read(u64::from(port), data) {
-                        data.fill(0xff);
-                    }
-                    None
-                }
-                Ok(VcpuExit::MmioWrite { addr, data }) => {
-                    self.mmio.write(addr, data);
-                    None
-                }
-                Ok(VcpuExit::MmioRead { addr, data }) => {
-                    if !self.mmio.read(addr, data) {
-                        data.fill(0xff);
-                    }
-                    None
-                }
-                Ok(VcpuExit::Interrupted) => None,
-                Ok(VcpuExit::Halt) => Some("halted with interrupts disabled".to_string()),
-                Ok(VcpuExit::Shutdown) => Some("triple fault (KVM_EXIT_SHUTDOWN)".to_string()),
-                Ok(VcpuExit::InternalError { suberror, data }) => Some(format!(
-                    "{} (KVM_EXIT_INTERNAL_ERROR suberror {suberror}, data {data:x?})",
-                    if suberror == 1 {
-                        "instruction emulation failure"
-                    } else {
-                        "internal hypervisor error"
-                    }
-                )),
-                Ok(VcpuExit::SystemEvent { kind, data }) => {
-                    Some(format!("system event {kind} {data:x?}"))
-                }
-                Ok(VcpuExit::FailEntry { reason, cpu }) => Some(format!(
-                    "entry failed, reason {reason:#x} on host CPU {cpu}"
-                )),
-                Ok(VcpuExit::Unsupported(reason)) => {
-                    Some(format!("unhandled exit reason {reason}"))
-                }
-                Err(e) => Some(e.to_string()),
-            };
-            if let Some(why) = stop {
-                break why;
-            }
-        };
-        let at = describe_rip(vcpu.as_ref(), &self.mem);
-        let _ = self
-            .end
-            .send(VmEnd::Fatal(format!("vCPU {}: {why}{at}", self.id)));
-    }
-}
-
-/// " at rip R, rsp S, code bytes at rip: ..." for a crash report.
-fn describe_rip(vcpu: &dyn Vcpu, mem: &GuestMemoryMmap) -> String {
-    let Ok(regs) = vcpu.regs() else {
-        return String::new();
-    };
-    let mut code = [0u8; 16];
-    // The boot page tables identity-map guest memory, so RIP is a guest
-    // physical address as long as the guest kept them.
-    let bytes = match mem.read_slice(&mut code, GuestAddress(regs.rip)) {
-        Ok(()) => code
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(" "),
-        Err(_) => "(not in guest memory)".into(),
-    };
-    format!(
-        " at rip {:#x}, rsp {:#x}, code bytes at rip: {bytes}",
-        regs.rip, regs.rsp
-    )
-}
-
-/// Prints the VMM's resident memory beyond guest memory, from smaps: all
-/// of it (code and shared libraries included) and its anonymous part (heap,
-/// stacks, the vCPUs' run areas: what the VMM itself allocated).
-fn report_overhead(mem: &GuestMemoryMmap) -> std::io::Result<()> {
-    let guest: Vec<(u64, u64)> = mem
-        .iter()
-        .map(|r| {
-            let start = r.as_ptr() as u64;
-            (start, start + r.len())
-        })
-        .collect();
-    let smaps = std::fs::read_to_string("/proc/self/smaps")?;
-    let (mut rss, mut anon, mut in_guest) = (0u64, 0u64, false);
-    let kib = |v: &str| {
-        v.trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse::<u64>()
-            .unwrap_or(0)
-    };
-    for line in smaps.lines() {
-        let first = line.split_whitespace().next().unwrap_or("");
-        if let Some((start, _)) = first.split_once('-').filter(|_| !first.ends_with(':')) {
-            let start = u64::from_str_radix(start, 16).unwrap_or(0);
-            in_guest = guest.iter().any(|&(s, e)| start >= s && start < e);
-        } else if let Some(v) = line.strip_prefix("Rss:").filter(|_| !in_guest) {
-            rss += kib(v);
-        } else if let Some(v) = line.strip_prefix("Anonymous:").filter(|_| !in_guest) {
-            anon += kib(v);
-        }
-    }
-    eprintln!(
-        "vmm: vmm overhead {rss} KiB resident beyond guest memory, of which {anon} KiB anonymous"
-    );
-    Ok(())
 }

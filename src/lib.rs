@@ -15,10 +15,39 @@
 //! | [`net`] | vmkit-net | tap devices, bridge helpers and virtio-net |
 //!
 //! [`guest`] holds vmkit's minimal guest, built from `crates/guest` by this
-//! package's build script.
+//! package's build script. The modules [`vcpu`], [`virtio_mmio`] and
+//! [`overhead`] are the composition pieces a VMM needs between the crates:
+//! the vCPU run loop, wiring a virtio device to the VM, and measuring the
+//! VMM's own memory.
 #![deny(missing_docs)]
 
 pub mod guest;
+pub mod overhead;
+pub mod vcpu;
+pub mod virtio_mmio;
+
+/// Errors of the composition helpers: the crates' own errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// From the hypervisor.
+    #[error(transparent)]
+    Hypervisor(#[from] vmkit_hypervisor::Error),
+    /// From guest memory or the address allocator.
+    #[error(transparent)]
+    Memory(#[from] vmkit_memory::Error),
+    /// From the buses.
+    #[error(transparent)]
+    Devices(#[from] vmkit_devices::Error),
+    /// From the virtio transport.
+    #[error(transparent)]
+    Virtio(#[from] vmkit_virtio::Error),
+    /// From the host.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Result type of the composition helpers.
+pub type Result<T> = std::result::Result<T, Error>;
 
 pub use vmkit_blk as blk;
 pub use vmkit_boot as boot;
