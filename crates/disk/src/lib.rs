@@ -1,6 +1,6 @@
 //! Disk images for vmkit: the [`DiskImage`] trait that device models are
-//! written against, the [`RawImage`] backend, and [`DiskSpec`], the
-//! command-line description of a disk.
+//! written against, the [`RawImage`] and [`Qcow2Image`] backends, and
+//! [`DiskSpec`], the command-line description of a disk.
 //!
 //! This crate knows nothing of virtio: it moves bytes between guest memory
 //! ([`VolatileSlice`](vm_memory::VolatileSlice)s) and an image, with every
@@ -32,15 +32,20 @@
 #![deny(missing_docs)]
 
 mod image;
+mod lock;
 #[cfg(any(test, feature = "test-utils"))]
 mod mem;
+pub mod qcow2;
 mod raw;
 mod spec;
 
 pub use image::{DiskImage, SECTOR_SIZE};
 #[cfg(any(test, feature = "test-utils"))]
 pub use mem::{MemDisk, NullDisk};
-pub use raw::RawImage;
+pub use qcow2::{
+    CheckReport, CompressionType, CreateOptions, Qcow2Image, Qcow2Info, Qcow2Options, check_image,
+};
+pub use raw::{RawImage, RawOpenOptions};
 pub use spec::{DiskSpec, ImageFormat, open_disk};
 
 use std::io;
@@ -88,6 +93,54 @@ pub enum Error {
     /// A write, discard or write-zeroes on a read-only image.
     #[error("the disk image is read-only")]
     ReadOnly,
+    /// The image's metadata is malformed or inconsistent.
+    #[error("invalid disk image {}: {reason}", path.display())]
+    InvalidImage {
+        /// The image's path.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The image uses a feature this implementation does not support.
+    #[error("disk image {}: {what} is not supported", path.display())]
+    Unsupported {
+        /// The image's path.
+        path: PathBuf,
+        /// The feature.
+        what: String,
+    },
+    /// The image has a backing file but backing files were not enabled.
+    #[error(
+        "disk image {} has a backing file ({backing}); pass backing=on to open it",
+        path.display()
+    )]
+    BackingNotEnabled {
+        /// The image's path.
+        path: PathBuf,
+        /// The backing file's name, as stored in the image.
+        backing: String,
+    },
+    /// The backing chain cannot be opened safely.
+    #[error("backing chain of {}: {reason}", path.display())]
+    BackingChain {
+        /// The image whose backing file is at fault.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The image is marked corrupt and may only be opened read-only.
+    #[error(
+        "disk image {} is marked corrupt; open it read-only or repair it \
+         (qemu-img check -r all)",
+        path.display()
+    )]
+    MarkedCorrupt {
+        /// The image's path.
+        path: PathBuf,
+    },
+    /// An argument (size, cluster size, ...) is not acceptable.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
     /// An I/O error of the backend.
     #[error("disk image I/O error: {0}")]
     Io(#[from] io::Error),
