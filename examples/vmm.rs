@@ -24,7 +24,7 @@ use vmkit::devices::{
     Bus, COM1_IRQ, COM1_PORT, EXIT_PORT, EXIT_PORT_LEN, ExitDevice, I8042, I8042_PORT,
     I8042_PORT_LEN, SERIAL_PORT_LEN, Serial,
 };
-use vmkit::disk::{DiskSpec, open_disk};
+use vmkit::disk::{DiskImage, DiskSpec, open_disk};
 use vmkit::hypervisor::{Hypervisor, kvm::KvmHypervisor};
 use vmkit::memory::{self, SystemAllocator};
 use vmkit::net::{Net, NetSpec};
@@ -161,8 +161,12 @@ fn run(args: &Args) -> Result<ExitCode, BoxError> {
     let mmio = Arc::new(Bus::new());
     let mut alloc = SystemAllocator::new()?;
     let mut block_stats = Vec::new();
+    let mut disks = Vec::new();
     for (i, spec) in args.disks.iter().enumerate() {
-        let disk = open_disk(spec).map_err(|e| format!("--disk {}: {e}", spec.path.display()))?;
+        let disk: Arc<dyn DiskImage> = open_disk(spec)
+            .map_err(|e| format!("--disk {}: {e}", spec.path.display()))?
+            .into();
+        disks.push(disk.clone());
         let block = Block::new(disk, DiskId::new(&format!("vmkit-disk{i}"))?);
         block_stats.push(block.stats());
         let slot = attach_virtio_mmio(Box::new(block), &vm, &mem, &mut alloc, &mmio)?;
@@ -227,6 +231,13 @@ fn run(args: &Args) -> Result<ExitCode, BoxError> {
     let end = end_rx
         .recv()
         .unwrap_or_else(|_| VmEnd::Fatal("every vCPU thread ended".into()));
+    // What the guest wrote reaches the image files, metadata included,
+    // however the VM ended.
+    for (i, disk) in disks.iter().enumerate() {
+        if let Err(e) = disk.flush() {
+            eprintln!("vmm: {}: disk{i}: flush failed: {e}", args.name);
+        }
+    }
     if args.stats {
         let o = overhead::resident_overhead(&mem)?;
         eprintln!(

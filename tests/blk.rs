@@ -196,3 +196,132 @@ fn bad_disk_options_give_one_clear_error_line() {
         assert!(!run.stderr.contains("panicked"), "{run}");
     }
 }
+
+/// Runs a host command (qemu-img) and returns its exit code.
+fn run_tool(cmd: &str, args: &[&str]) -> i32 {
+    let out = std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
+    if !out.status.success() {
+        eprintln!(
+            "{cmd} {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out.status.code().unwrap_or(-1)
+}
+
+fn qemu_img_present() -> bool {
+    let present = std::process::Command::new("qemu-img")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !present {
+        eprintln!("skipped: qemu-img is not installed");
+    }
+    present
+}
+
+#[test]
+fn guest_reads_and_fills_a_qcow2_disk_and_qemu_img_calls_it_clean() {
+    if !kvm_present() || !qemu_img_present() {
+        return;
+    }
+    let dir = scratch_dir("blk-qcow2");
+    let bytes = random_bytes(4 << 20, 7);
+    let raw = write_disk(&dir, "model.raw", &bytes);
+    let qcow2 = dir.join("disk.qcow2");
+    let qcow2 = qcow2.to_str().unwrap();
+    assert_eq!(
+        run_tool(
+            "qemu-img",
+            &["convert", "-f", "raw", "-O", "qcow2", &raw, qcow2]
+        ),
+        0
+    );
+
+    let (first, count, byte) = (100usize, 300usize, 0x5au8);
+    let run = run_vmm(&[
+        "-m",
+        "128",
+        "--disk",
+        &format!("{qcow2},format=qcow2"),
+        "--cmdline",
+        &format!("vmkit.fill=0:{first}:{count}:{byte:02x}"),
+    ]);
+    assert_all_ok(&run);
+    assert_eq!(
+        line(&run, "ok blk-read: disk0 "),
+        format!(
+            "ok blk-read: disk0 sectors={} crc32={}",
+            bytes.len() / SECTOR,
+            crc32(&bytes[..1 << 20])
+        )
+    );
+    line(&run, "ok blk-fill: disk0 ");
+    line(&run, "ok blk-discard: disk0 ");
+    assert_eq!(run_tool("qemu-img", &["check", qcow2]), 0, "qemu-img check");
+    // The image now holds the model with the fill applied, byte for byte.
+    let mut model = bytes.clone();
+    model[first * SECTOR..(first + count) * SECTOR].fill(byte);
+    std::fs::write(&raw, &model).unwrap();
+    assert_eq!(
+        run_tool(
+            "qemu-img",
+            &["compare", "-f", "raw", "-F", "qcow2", &raw, qcow2]
+        ),
+        0
+    );
+}
+
+#[test]
+fn a_qcow2_overlay_reads_its_backing_file_only_when_asked_and_never_writes_it() {
+    if !kvm_present() || !qemu_img_present() {
+        return;
+    }
+    let dir = scratch_dir("blk-backing");
+    let base_bytes = random_bytes(2 << 20, 8);
+    let base = write_disk(&dir, "base.raw", &base_bytes);
+    let overlay = dir.join("overlay.qcow2");
+    let overlay = overlay.to_str().unwrap();
+    assert_eq!(
+        run_tool(
+            "qemu-img",
+            &["create", "-f", "qcow2", "-b", &base, "-F", "raw", overlay]
+        ),
+        0
+    );
+    // Without backing=on the image is refused, with one clear line.
+    let run = run_vmm(&["--disk", &format!("{overlay},format=qcow2")]);
+    assert_ne!(run.code, Some(0), "{run}");
+    assert_eq!(run.stderr.lines().count(), 1, "{run}");
+    assert!(run.stderr.contains("backing=on"), "{run}");
+
+    let run = run_vmm(&[
+        "-m",
+        "128",
+        "--disk",
+        &format!("{overlay},format=qcow2,backing=on"),
+        "--cmdline",
+        "vmkit.fill=0:1:7:c3",
+    ]);
+    assert_all_ok(&run);
+    assert_eq!(
+        line(&run, "ok blk-read: disk0 "),
+        format!(
+            "ok blk-read: disk0 sectors=4096 crc32={}",
+            crc32(&base_bytes[..1 << 20])
+        )
+    );
+    assert!(
+        std::fs::read(&base).unwrap() == base_bytes,
+        "the backing file changed"
+    );
+    assert_eq!(
+        run_tool("qemu-img", &["check", overlay]),
+        0,
+        "qemu-img check"
+    );
+}

@@ -305,6 +305,11 @@ impl Meta {
             for (off, len) in frees {
                 self.update_refcounts(off, len, false)?;
             }
+            // The pointers are durable, so the lowered refcounts may reach
+            // the file now. They need no sync of their own: losing them in
+            // a crash only leaks the clusters. Writing them here means a
+            // process that ends right after a flush leaves no leak.
+            self.write_refblocks()?;
         }
         Ok(())
     }
