@@ -47,10 +47,8 @@ impl FromStr for NetSpec {
             crate::iface::check_name("bridge", br)?;
         }
         let mac = mac.map(|m| m.parse::<MacAddr>()).transpose()?;
-        if let Some(m) = mac {
-            if m.is_multicast() {
-                return Err(Error::MulticastMac(m));
-            }
+        if let Some(m) = mac.filter(MacAddr::is_multicast) {
+            return Err(Error::MulticastMac(m));
         }
         Ok(NetSpec { tap, mac, bridge })
     }

@@ -64,3 +64,35 @@ pub trait VirtioDevice: Send {
     /// the transport can hand them out again on the next activation.
     fn reset(&mut self) -> Vec<EventFd>;
 }
+
+/// Copies the bytes of a read-only configuration space at `offset` into
+/// `data`, reading zeros past its end (virtio 1.2 §2.5: a driver may read
+/// any field at any width), with no overflow on a hostile offset.
+pub fn read_config_space(space: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, byte) in data.iter_mut().enumerate() {
+        *byte = offset
+            .checked_add(i as u64)
+            .and_then(|o| usize::try_from(o).ok())
+            .and_then(|o| space.get(o))
+            .copied()
+            .unwrap_or(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_space_reads_zero_past_the_end_and_never_overflows() {
+        let space = [1u8, 2, 3, 4];
+        let mut data = [0xffu8; 4];
+        read_config_space(&space, 2, &mut data);
+        assert_eq!(data, [3, 4, 0, 0]);
+        read_config_space(&space, u64::MAX - 1, &mut data);
+        assert_eq!(data, [0, 0, 0, 0]);
+        let mut one = [0u8; 1];
+        read_config_space(&space, 0, &mut one);
+        assert_eq!(one, [1]);
+    }
+}

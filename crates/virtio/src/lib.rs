@@ -82,7 +82,7 @@ mod mmio;
 pub mod test_utils;
 mod worker;
 
-pub use device::{ActivatedQueue, VirtioDevice};
+pub use device::{ActivatedQueue, VirtioDevice, read_config_space};
 pub use interrupt::{Interrupt, InterruptType, IrqLine, NotifyRegistrar};
 pub use mmio::{
     MMIO_MAGIC_VALUE, MMIO_VENDOR_ID, MMIO_VERSION, MMIO_WINDOW_SIZE, MmioStats, MmioTransport,
