@@ -28,8 +28,8 @@
 //!   written; the line status is never polled);
 //! - an exit device at [`EXIT_PORT`]: a 4-byte `out` of a status ends the
 //!   VM with that status;
-//! - guest RAM of at least 3 MiB (the image with its `.bss` ends below
-//!   `0x300000`);
+//! - guest RAM of at least 4 MiB (the image with its `.bss` ends below
+//!   `0x400000`; `linker.ld` asserts it);
 //! - for disks (optional): an in-kernel IOAPIC at `0xfec00000` and PIT
 //!   (`KVM_CREATE_PIT2`), both user-mapped/reachable like the local APIC, and
 //!   one virtio-mmio **version 2** block device per
@@ -39,7 +39,10 @@
 //!   aligned, at least 512 bytes, user-mapped; irq `n` is GSI `n` = IOAPIC pin
 //!   `n` (`n < 24`), raised as an edge (irqfd); QueueNotify should be an
 //!   ioeventfd. The i-th virtio-blk device in command-line order is
-//!   `disk<i>`; devices of other types are skipped.
+//!   `disk<i>`;
+//! - for networking (optional): virtio-net devices (device ID 1) the same
+//!   way, with receive queue 0 and transmit queue 1; the i-th one in
+//!   command-line order is `net<i>`. Devices of other types are skipped.
 //!
 //! # What it does
 //!
@@ -74,13 +77,24 @@
 //! ok blk-irq: disk<i> <n> interrupts for <m> requests
 //! bench blk-read-4k qd=1 requests=<n> iops=<x> notifications/req=<a.bb> interrupts/req=<c.dd>
 //! bench blk-read-4k qd=32 ...                                   (per vmkit.blk-bench=<i>)
+//! FAIL net-config: ... / FAIL net-tcp-send: ... / FAIL net-tcp-echo: ...  (malformed values only)
+//! then, for each net<i> in turn:
+//! ok net-init: net<i> mac <xx:xx:xx:xx:xx:xx> features 0x<negotiated>
+//! and, on net0 only, as the parameters ask:
+//! ok net-ping: <peer> 5/5 replies, rtt min/avg/max = <a>/<b>/<c> ms    (vmkit.peer)
+//! ok net-tcp-send: <n> bytes to <peer>:<port>                          (vmkit.tcp-send)
+//! net-tcp-send MiB/s=<x.xx>
+//! ok net-tcp-echo: port <p> echoed <n> bytes                           (vmkit.tcp-echo)
+//! net-stats: tx <n> pkts <k> notifications, rx <m> pkts (<j> merged) <l> notifications, <i> interrupts, <e> rx errors
 //! guest: <P> passed, <F> failed
 //! ```
 //!
 //! The `cpu<k>` lines are printed by the application processors and are not
-//! counted; neither are the `bench` lines. Without disks P + F is always 5;
+//! counted; neither are the `bench`, `net-tcp-send MiB/s` and `net-stats`
+//! lines. Without disks and `vmkit.*` network parameters P + F is always 5;
 //! each disk adds 5 (6 if read-only; 1 if `blk-init` fails) plus 1 or 4 per
-//! `vmkit.fill`. The guest
+//! `vmkit.fill`; each net device adds 1 (`net-init`) and net0 one per check
+//! asked for; each malformed network parameter adds 1. The guest
 //! then writes F to [`EXIT_PORT`], so
 //! the VM's exit status is 0 exactly when every check passed. A CPU exception
 //! prints `FAIL exception: vector <n> error <hex> at rip <hex>` and exits
@@ -123,6 +137,60 @@
 //!   counts QueueNotify writes, `interrupts/req` interrupts taken, per
 //!   completed request. A malformed value, a missing disk, a disk under 4 KiB
 //!   or a failed request is a counted `FAIL blk-bench` line.
+//!
+//! # Network
+//!
+//! The virtio-net driver negotiates `VIRTIO_F_VERSION_1` (required) and,
+//! when offered, `VIRTIO_RING_F_EVENT_IDX`, `VIRTIO_NET_F_MAC`, `_STATUS`
+//! and `_MRG_RXBUF`, never a checksum or segmentation offload (frames are
+//! at most 1514 bytes; the TCP/IP stack, smoltcp, computes and checks every
+//! checksum). Without `VIRTIO_NET_F_MAC` it makes up `02:76:6d:6b:00:<i>`;
+//! with `_STATUS`, a link that is not up fails `net-init`. Every frame has
+//! the 12-byte `virtio_net_hdr_v1`, all zero on transmit. Receive queue 0
+//! (up to 256 entries) is kept full of one-descriptor buffers: 1 KiB with
+//! MRG_RXBUF, so a full-size frame arrives in two buffers (`num_buffers` 2)
+//! and is put together, else 2 KiB. Transmit queue 1 (up to 64 entries)
+//! gets one descriptor per frame, header and frame together. The driver
+//! polls both used rings, keeps interrupts suppressed (`used_event` half the
+//! index space ahead of what it has consumed; the `interrupts` count should
+//! stay near 0), and after each pass of the stack publishes both avail rings
+//! and notifies a queue (a 32-bit write of its index to QueueNotify) only
+//! when its `avail_event` asks for it. Each device is reset when its checks
+//! are done.
+//!
+//! Parameters (the last of each wins; a malformed one is a counted FAIL
+//! line of the check named, and the checks that need it fail too):
+//!
+//! - `vmkit.ip=A.B.C.D/N`: the guest's address on net0 (dotted decimal
+//!   without leading zeros, N in 1..=30, not the subnet's network or
+//!   broadcast address); malformed: `FAIL net-config`.
+//! - `vmkit.peer=E.F.G.H`: the host end, a unicast address in that subnet
+//!   other than the guest's (else `FAIL net-config`). Asks for `net-ping`:
+//!   up to 3 ARP requests of the guest's own, 1 s apart, must get the peer's
+//!   ARP reply; then 5 ICMP echo requests (identifier `0x766d`, sequence
+//!   0..4, 56 bytes `00 01 .. 37`), each sent when the previous was answered
+//!   and each answered within 1 s by an echo reply with the same data. RTTs
+//!   are TSC-timed (calibrated against PIT channel 2), in ms with three
+//!   decimals.
+//! - `vmkit.tcp-send=PORT:MIB` (decimal, port 1..=65535, MIB 0..=1048576;
+//!   needs `vmkit.ip` and `vmkit.peer`): connect to `peer:PORT` (within
+//!   10 s), send MIB MiB of the stream below, close, and wait until the peer
+//!   has acknowledged every byte and the FIN. `<n>` is the bytes
+//!   acknowledged (MIB * 2^20); MiB/s is n over the time from established
+//!   to acknowledged. The stream: xorshift32 with state `0x12345678`; each
+//!   step `x ^= x << 13; x ^= x >> 17; x ^= x << 5;` then the 4 bytes of
+//!   `x` little-endian, so the stream starts `a5 5a 98 87 a3 24 5b 15`.
+//! - `vmkit.tcp-echo=PORT` (needs `vmkit.ip`): listen on PORT, accept one
+//!   connection within 20 s, send back every byte received until the peer
+//!   closes, then close and wait for the echo and the FIN to be
+//!   acknowledged. `<n>` is the bytes echoed.
+//!
+//! A TCP transfer that acknowledges or receives nothing for 10 s, a reset,
+//! or a refused connection is a FAIL line; nothing waits forever. The TCP
+//! socket has 64 KiB of receive and 128 KiB of send buffer. The checks run
+//! in that order (ping, send, echo) on one smoltcp interface; the
+//! `net-stats` line counts frames, QueueNotify writes and interrupts for
+//! all of them.
 
 /// The guest's ELF image (built from `crates/guest` by `build.rs`).
 pub const ELF: &[u8] = include_bytes!(env!("VMKIT_GUEST_ELF"));

@@ -3,8 +3,9 @@
 //!
 //! Devices come from `virtio_mmio.device=<size>@<base>:<irq>[:<id>]` (Linux's
 //! format); the i-th virtio-blk device in command-line order is `disk<i>`.
-//! One disk is set up at a time, in the static DMA area of `virtio`, and
-//! reset before the next.
+//! One disk is set up at a time, in this module's static ring and DMA area
+//! ([`RING`], [`DMA`]), and reset before the next. The transport (probing,
+//! feature negotiation, the virtqueue) is `virtio`'s.
 
 use core::fmt;
 
@@ -14,9 +15,7 @@ use crate::cpu;
 use crate::irq;
 use crate::pit;
 use crate::println;
-use crate::virtio::{self, Buf, Mmio, Queue, QueueError, SLOT_BYTES, SLOTS};
-
-const DEVICE_ID_BLOCK: u32 = 2;
+use crate::virtio::{self, Buf, Dma, Mmio, Queue, QueueError, Ring};
 
 const BLK_F_SEG_MAX: u64 = 1 << 2;
 const BLK_F_RO: u64 = 1 << 5;
@@ -53,6 +52,33 @@ const S_IOERR: u8 = 1;
 /// Written into each status byte before submission: the device must
 /// overwrite it.
 const S_UNWRITTEN: u8 = 0xff;
+
+/// Requests in flight at most, each with its own header, status byte and
+/// payload slot.
+const SLOTS: usize = 32;
+/// Bytes of data buffer per slot; [`BUF`] is `SLOTS * SLOT_BYTES` = 1 MiB.
+const SLOT_BYTES: usize = 32 << 10;
+
+/// Layout of [`DMA`]: request headers, 16 bytes per slot.
+const HEADERS: usize = 0;
+/// DISCARD / WRITE_ZEROES segments, 16 bytes per slot.
+const SEGMENTS: usize = 0x200;
+/// Status bytes, one per slot.
+const STATUS_BYTES: usize = 0x400;
+/// A data buffer of `SLOT_BYTES` the driver fills for writes.
+const PATTERN: usize = 0x1000;
+/// The 1 MiB data buffer: `SLOTS` slots of `SLOT_BYTES`.
+const BUF: usize = PATTERN + SLOT_BYTES;
+const BUF_BYTES: usize = SLOTS * SLOT_BYTES;
+const DMA_BYTES: usize = BUF + BUF_BYTES;
+
+const _: () = assert!(HEADERS + 16 * SLOTS <= SEGMENTS && SEGMENTS + 16 * SLOTS <= STATUS_BYTES);
+const _: () = assert!(STATUS_BYTES + SLOTS <= PATTERN);
+
+/// The disk's virtqueue 0.
+static RING: Ring = Ring::new();
+/// Request headers, status bytes and data buffers of the disk being checked.
+static DMA: Dma<DMA_BYTES> = Dma::new();
 
 const SECTOR: u64 = 512;
 const SECTORS_PER_SLOT: u64 = SLOT_BYTES as u64 / SECTOR;
@@ -172,70 +198,6 @@ impl fmt::Display for Fail {
             Fail::Broken => f.write_str("not tried: the queue broke in an earlier request"),
         }
     }
-}
-
-/// A virtio-mmio device from the command line.
-#[derive(Clone, Copy)]
-struct MmioDevice {
-    size: u64,
-    base: u64,
-    irq: u32,
-}
-
-/// Linux's `memparse`: a number in C notation with an optional K/M/G/T/P/E
-/// suffix; returns the value and the rest.
-fn memparse(s: &str) -> Option<(u64, &str)> {
-    let (value, rest) = parse_c_number(s)?;
-    let (shift, rest) = match rest.as_bytes().first() {
-        Some(b'k' | b'K') => (10, &rest[1..]),
-        Some(b'm' | b'M') => (20, &rest[1..]),
-        Some(b'g' | b'G') => (30, &rest[1..]),
-        Some(b't' | b'T') => (40, &rest[1..]),
-        Some(b'p' | b'P') => (50, &rest[1..]),
-        Some(b'e' | b'E') => (60, &rest[1..]),
-        _ => (0, rest),
-    };
-    Some((value.checked_mul(1 << shift)?, rest))
-}
-
-/// An unsigned number as C's `%lli`/`strtoull(.., 0)` reads it: `0x` hex,
-/// leading `0` octal, else decimal; returns the value and the rest.
-fn parse_c_number(s: &str) -> Option<(u64, &str)> {
-    let (radix, digits) = if let Some(hex) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        (16, hex)
-    } else if s.len() > 1 && s.starts_with('0') && s.as_bytes()[1].is_ascii_digit() {
-        (8, &s[1..])
-    } else {
-        (10, s)
-    };
-    parse_radix(digits, radix)
-}
-
-/// Leading digits of `s` in `radix` (at least one); the value and the rest.
-fn parse_radix(s: &str, radix: u32) -> Option<(u64, &str)> {
-    let end = s.find(|c: char| !c.is_digit(radix)).unwrap_or(s.len());
-    if end == 0 {
-        return None;
-    }
-    Some((u64::from_str_radix(&s[..end], radix).ok()?, &s[end..]))
-}
-
-/// `<size>@<base>:<irq>[:<id>]`, as Linux's `vm_cmdline_set` parses it.
-fn parse_device(s: &str) -> Option<MmioDevice> {
-    let (size, rest) = memparse(s)?;
-    let rest = rest.strip_prefix('@')?;
-    let (base, rest) = parse_c_number(rest)?;
-    let rest = rest.strip_prefix(':')?;
-    let (irq, rest) = parse_radix(rest, 10)?;
-    let irq = u32::try_from(irq).ok()?;
-    if !rest.is_empty() {
-        let id = rest.strip_prefix(':')?;
-        let id = id.strip_prefix('-').unwrap_or(id);
-        if !parse_radix(id, 10)?.1.is_empty() {
-            return None;
-        }
-    }
-    (size != 0).then_some(MmioDevice { size, base, irq })
 }
 
 /// `vmkit.fill=<disk>:<first sector>:<count>:<byte as 2 hex digits>`.
@@ -358,89 +320,41 @@ struct Blk {
 }
 
 impl Blk {
-    /// Checks the window of `dev`; `Ok(None)`: not a block device.
-    fn probe(dev: &MmioDevice) -> Result<Option<Mmio>, &'static str> {
-        let Some(mmio) = Mmio::new(dev.base, dev.size) else {
-            return Err(
-                "the window is not a 4 KiB-aligned range of at least 512 bytes in 0xc0000000..4 GiB",
-            );
-        };
-        if mmio.read(virtio::MAGIC_VALUE) != virtio::MAGIC {
-            return Err("MagicValue is not \"virt\"");
-        }
-        if mmio.read(virtio::VERSION) != 2 {
-            return Err("Version is not 2 (virtio-mmio 1.x)");
-        }
-        Ok((mmio.read(virtio::DEVICE_ID) == DEVICE_ID_BLOCK).then_some(mmio))
-    }
-
     /// The virtio 1.2 §3.1.1 initialization sequence of a block device
-    /// found by [`Blk::probe`]. Errors name the step.
+    /// found by [`virtio::probe`]. Errors name the step.
     fn init(mmio: Mmio, irq: u32) -> Result<Self, &'static str> {
         let Ok(irq) = u8::try_from(irq) else {
             return Err("irq beyond the IOAPIC's pins");
         };
-        mmio.write(virtio::STATUS, 0);
-        if mmio.read(virtio::STATUS) != 0 {
-            return Err("Status is not 0 after reset");
-        }
-        let mut status = virtio::STATUS_ACKNOWLEDGE;
-        mmio.write(virtio::STATUS, status);
-        status |= virtio::STATUS_DRIVER;
-        mmio.write(virtio::STATUS, status);
-        mmio.write(virtio::DEVICE_FEATURES_SEL, 0);
-        let low = mmio.read(virtio::DEVICE_FEATURES);
-        mmio.write(virtio::DEVICE_FEATURES_SEL, 1);
-        let offered = u64::from(low) | u64::from(mmio.read(virtio::DEVICE_FEATURES)) << 32;
-        if offered & virtio::F_VERSION_1 == 0 {
-            return Err("device does not offer VIRTIO_F_VERSION_1");
-        }
-        let features = offered & DRIVER_FEATURES;
-        mmio.write(virtio::DRIVER_FEATURES_SEL, 0);
-        mmio.write(virtio::DRIVER_FEATURES, features as u32);
-        mmio.write(virtio::DRIVER_FEATURES_SEL, 1);
-        mmio.write(virtio::DRIVER_FEATURES, (features >> 32) as u32);
-        status |= virtio::STATUS_FEATURES_OK;
-        mmio.write(virtio::STATUS, status);
-        if mmio.read(virtio::STATUS) & virtio::STATUS_FEATURES_OK == 0 {
-            return Err("device did not keep FEATURES_OK");
-        }
-        let q = Queue::setup(mmio, features & virtio::F_RING_EVENT_IDX != 0)
-            .map_err(|_| "queue 0 setup failed (QueueReady already set or QueueNumMax 0)")?;
+        let features = mmio.negotiate(DRIVER_FEATURES)?;
+        let q = Queue::setup(
+            mmio,
+            0,
+            &RING,
+            virtio::QUEUE_MAX,
+            features & virtio::F_RING_EVENT_IDX != 0,
+        )
+        .map_err(|_| "queue 0 setup failed (QueueReady already set or QueueNumMax 0)")?;
 
         // Device config, consistent under ConfigGeneration.
-        let field = |feature: u64, offset: u64| -> u32 {
+        let field = |mmio: &Mmio, feature: u64, offset: u64| -> u32 {
             if features & feature != 0 {
                 mmio.config32(offset)
             } else {
                 0
             }
         };
-        let mut tries = 0;
-        let (capacity, seg_max, max_discard, max_write_zeroes) = loop {
-            let generation = mmio.read(virtio::CONFIG_GENERATION);
+        let (capacity, seg_max, max_discard, max_write_zeroes) = mmio.read_config(|mmio| {
             let capacity = u64::from(mmio.config32(CFG_CAPACITY))
                 | u64::from(mmio.config32(CFG_CAPACITY + 4)) << 32;
-            let seg_max = field(BLK_F_SEG_MAX, CFG_SEG_MAX);
-            let _blk_size = field(BLK_F_BLK_SIZE, CFG_BLK_SIZE);
-            let max_discard = field(BLK_F_DISCARD, CFG_MAX_DISCARD_SECTORS);
-            let max_write_zeroes = field(BLK_F_WRITE_ZEROES, CFG_MAX_WRITE_ZEROES_SECTORS);
-            if mmio.read(virtio::CONFIG_GENERATION) == generation {
-                break (capacity, seg_max, max_discard, max_write_zeroes);
-            }
-            tries += 1;
-            if tries == 10 {
-                return Err("ConfigGeneration keeps changing");
-            }
-        };
+            let seg_max = field(mmio, BLK_F_SEG_MAX, CFG_SEG_MAX);
+            let _blk_size = field(mmio, BLK_F_BLK_SIZE, CFG_BLK_SIZE);
+            let max_discard = field(mmio, BLK_F_DISCARD, CFG_MAX_DISCARD_SECTORS);
+            let max_write_zeroes = field(mmio, BLK_F_WRITE_ZEROES, CFG_MAX_WRITE_ZEROES_SECTORS);
+            (capacity, seg_max, max_discard, max_write_zeroes)
+        })?;
 
-        irq::route(irq, mmio.base())?;
-        status |= virtio::STATUS_DRIVER_OK;
-        mmio.write(virtio::STATUS, status);
-        if mmio.read(virtio::STATUS) != status {
-            irq::unroute(irq);
-            return Err("Status changed after DRIVER_OK (DEVICE_NEEDS_RESET?)");
-        }
+        mmio.driver_ok(irq)?;
         Ok(Self {
             mmio,
             irq,
@@ -457,9 +371,7 @@ impl Blk {
 
     /// Resets the device and stops routing its interrupts.
     fn reset(&self) {
-        self.mmio.write(virtio::STATUS, 0);
-        let _ = self.mmio.read(virtio::STATUS);
-        irq::unroute(self.irq);
+        self.mmio.reset(self.irq);
     }
 
     fn has(&self, feature: u64) -> bool {
@@ -572,7 +484,7 @@ impl Blk {
                 };
                 in_flight -= 1;
                 self.requests += 1;
-                let status: u8 = virtio::dma_read(virtio::STATUS_BYTES + slot);
+                let status: u8 = DMA.read(STATUS_BYTES + slot);
                 if let Err(e) = done(i, slot, &req, status) {
                     err.get_or_insert(e);
                 }
@@ -588,13 +500,13 @@ impl Blk {
     /// Writes the header (and DISCARD/WRITE_ZEROES segment) of `req` into
     /// `slot` and the chain's buffers into `bufs`; returns their number.
     fn chain(&self, slot: usize, req: &Req, bufs: &mut [Buf]) -> usize {
-        let header = virtio::HEADERS + 16 * slot;
+        let header = HEADERS + 16 * slot;
         let rw = matches!(req.kind, T_IN | T_OUT);
-        virtio::dma_write(header, req.kind);
-        virtio::dma_write(header + 4, 0u32);
-        virtio::dma_write(header + 8, if rw { req.sector } else { 0 });
+        DMA.write(header, req.kind);
+        DMA.write(header + 4, 0u32);
+        DMA.write(header + 8, if rw { req.sector } else { 0 });
         bufs[0] = Buf {
-            addr: virtio::dma_addr(header),
+            addr: DMA.addr(header),
             len: 16,
             write: false,
         };
@@ -621,12 +533,12 @@ impl Blk {
                 }
             }
             T_DISCARD | T_WRITE_ZEROES => {
-                let seg = virtio::SEGMENTS + 16 * slot;
-                virtio::dma_write(seg, req.sector);
-                virtio::dma_write(seg + 8, req.len);
-                virtio::dma_write(seg + 12, 0u32); // flags: no unmap
+                let seg = SEGMENTS + 16 * slot;
+                DMA.write(seg, req.sector);
+                DMA.write(seg + 8, req.len);
+                DMA.write(seg + 12, 0u32); // flags: no unmap
                 bufs[n] = Buf {
-                    addr: virtio::dma_addr(seg),
+                    addr: DMA.addr(seg),
                     len: 16,
                     write: false,
                 };
@@ -634,10 +546,10 @@ impl Blk {
             }
             _ => {}
         }
-        let status = virtio::STATUS_BYTES + slot;
-        virtio::dma_write(status, S_UNWRITTEN);
+        let status = STATUS_BYTES + slot;
+        DMA.write(status, S_UNWRITTEN);
         bufs[n] = Buf {
-            addr: virtio::dma_addr(status),
+            addr: DMA.addr(status),
             len: 1,
             write: true,
         };
@@ -687,7 +599,7 @@ impl Blk {
                 (sector < end).then(|| Req {
                     kind: T_OUT,
                     sector,
-                    addr: virtio::dma_addr(virtio::PATTERN),
+                    addr: DMA.addr(PATTERN),
                     len: ((end - sector).min(SECTORS_PER_SLOT) * SECTOR) as u32,
                     segs: MAX_SEGS,
                 })
@@ -707,14 +619,14 @@ impl Blk {
                 (sector < end).then(|| Req {
                     kind: T_IN,
                     sector,
-                    addr: virtio::dma_addr(virtio::BUF + slot * SLOT_BYTES),
+                    addr: DMA.addr(BUF + slot * SLOT_BYTES),
                     len: ((end - sector).min(SECTORS_PER_SLOT) * SECTOR) as u32,
                     segs: MAX_SEGS,
                 })
             },
             |_, slot, req, status| {
                 ok_status(0, slot, req, status)?;
-                let data = virtio::dma_bytes(virtio::BUF + slot * SLOT_BYTES, req.len as usize);
+                let data = DMA.bytes(BUF + slot * SLOT_BYTES, req.len as usize);
                 match data.iter().position(|&b| b != byte) {
                     None => Ok(()),
                     Some(at) => Err(Fail::Mismatch {
@@ -757,7 +669,7 @@ impl Blk {
 
     /// Rewrites, flushes and verifies the fill range.
     fn fill(&mut self, f: &Fill) -> Result<(), Fail> {
-        virtio::dma_fill(virtio::PATTERN, SLOT_BYTES, f.byte);
+        DMA.fill(PATTERN, SLOT_BYTES, f.byte);
         self.write_pattern(f.first, f.count)?;
         self.flush()?;
         self.verify(f.first, f.count, f.byte)
@@ -781,7 +693,7 @@ impl Blk {
                 Some(Req {
                     kind: T_IN,
                     sector: block * 8,
-                    addr: virtio::dma_addr(virtio::BUF + slot * SLOT_BYTES),
+                    addr: DMA.addr(BUF + slot * SLOT_BYTES),
                     len: 4096,
                     segs: 1,
                 })
@@ -871,7 +783,7 @@ pub fn check(cmdline: Option<&str>, r: &mut Report) {
     let mut tsc_hz = None;
     let mut disks = 0;
     for value in bootparams::params(cmdline, "virtio_mmio.device") {
-        let Some(dev) = parse_device(value) else {
+        let Some(dev) = virtio::parse_device(value) else {
             r.fail::<()>(
                 "blk-init",
                 format_args!(
@@ -880,9 +792,9 @@ pub fn check(cmdline: Option<&str>, r: &mut Report) {
             );
             continue;
         };
-        let mmio = match Blk::probe(&dev) {
-            Ok(None) => continue, // another kind of virtio device
-            Ok(Some(mmio)) => mmio,
+        let mmio = match virtio::probe(&dev) {
+            Ok((mmio, virtio::DEVICE_ID_BLOCK)) => mmio,
+            Ok(_) => continue, // another kind of virtio device
             Err(why) => {
                 // Not known to be a disk: reported, not named.
                 r.fail::<()>(
@@ -949,7 +861,7 @@ fn check_disk(
             (offset < bytes).then(|| Req {
                 kind: T_IN,
                 sector: offset / SECTOR,
-                addr: virtio::dma_addr(virtio::BUF + offset as usize),
+                addr: DMA.addr(BUF + offset as usize),
                 len: (bytes - offset).min(SLOT_BYTES as u64) as u32,
                 segs: MAX_SEGS,
             })
@@ -959,7 +871,7 @@ fn check_disk(
     let first_sector_read = match read {
         Ok(_) => {
             let mut crc = Crc32::new();
-            crc.update(virtio::dma_bytes(virtio::BUF, bytes as usize));
+            crc.update(DMA.bytes(BUF, bytes as usize));
             r.pass(
                 "blk-read",
                 format_args!(
@@ -977,22 +889,19 @@ fn check_disk(
     };
 
     // blk-get-id: 20 bytes, NUL-padded; the buffer is cleared first.
-    let id_offset = virtio::BUF + virtio::BUF_BYTES - SLOT_BYTES;
-    virtio::dma_fill(id_offset, ID_BYTES as usize, 0);
+    let id_offset = BUF + BUF_BYTES - SLOT_BYTES;
+    DMA.fill(id_offset, ID_BYTES as usize, 0);
     let get_id = Req {
         kind: T_GET_ID,
         sector: 0,
-        addr: virtio::dma_addr(id_offset),
+        addr: DMA.addr(id_offset),
         len: ID_BYTES,
         segs: 1,
     };
     match blk.expect_ok(get_id) {
         Ok(()) => r.pass(
             "blk-get-id",
-            format_args!(
-                "disk{disk} {}",
-                Id(virtio::dma_bytes(id_offset, ID_BYTES as usize))
-            ),
+            format_args!("disk{disk} {}", Id(DMA.bytes(id_offset, ID_BYTES as usize))),
         ),
         Err(e) => {
             r.fail::<()>("blk-get-id", format_args!("disk{disk}: {e}"));
@@ -1048,14 +957,14 @@ fn readonly(blk: &mut Blk, disk: usize, first_sector_read: bool, r: &mut Report)
         r.fail::<()>(CHECK, format_args!("disk{disk}: sector 0 was not read"));
         return;
     }
-    let original = virtio::dma_bytes(virtio::BUF, SECTOR as usize);
+    let original = DMA.bytes(BUF, SECTOR as usize);
     for (k, &b) in original.iter().enumerate() {
-        virtio::dma_write(virtio::PATTERN + k, !b);
+        DMA.write(PATTERN + k, !b);
     }
     let out = Req {
         kind: T_OUT,
         sector: 0,
-        addr: virtio::dma_addr(virtio::PATTERN),
+        addr: DMA.addr(PATTERN),
         len: SECTOR as u32,
         segs: 1,
     };
@@ -1076,10 +985,10 @@ fn readonly(blk: &mut Blk, disk: usize, first_sector_read: bool, r: &mut Report)
             return;
         }
     }
-    let back = virtio::PATTERN + SECTOR as usize;
+    let back = PATTERN + SECTOR as usize;
     let read = Req {
         kind: T_IN,
-        addr: virtio::dma_addr(back),
+        addr: DMA.addr(back),
         ..out
     };
     if let Err(e) = blk.expect_ok(read) {
@@ -1089,8 +998,8 @@ fn readonly(blk: &mut Blk, disk: usize, first_sector_read: bool, r: &mut Report)
         );
         return;
     }
-    let original = virtio::dma_bytes(virtio::BUF, SECTOR as usize);
-    if virtio::dma_bytes(back, SECTOR as usize) != original {
+    let original = DMA.bytes(BUF, SECTOR as usize);
+    if DMA.bytes(back, SECTOR as usize) != original {
         r.fail::<()>(
             CHECK,
             format_args!("disk{disk}: refused the write with IOERR, but sector 0 changed"),

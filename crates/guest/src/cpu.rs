@@ -592,6 +592,41 @@ pub fn cpl() -> u16 {
     cs & 3
 }
 
+/// Runs `f` at CPL3 with RSP at `top` (16-byte aligned: the top of a static
+/// stack of the caller's, which nothing else uses meanwhile) instead of this
+/// CPU's small user stack, and returns on the old stack.
+pub fn call_on_stack(top: u64, f: &mut dyn FnMut()) {
+    extern "C" fn enter(f: *mut &mut dyn FnMut()) {
+        // SAFETY: `f` points at `call_on_stack`'s `f`, alive and not
+        // otherwise borrowed during the call.
+        unsafe { (*f)() }
+    }
+    assert!(
+        top.is_multiple_of(16),
+        "stack top {top:#x} is not 16-byte aligned"
+    );
+    let mut f = f;
+    // SAFETY: the new stack is the caller's, unused by anything else (its
+    // contract), mapped and writable like all of `.bss`; RSP is 16-aligned
+    // at the `call` as the ABI wants. R12 (callee-saved, so `enter` keeps
+    // it) holds the old RSP, restored before the asm block ends, and every
+    // register a call may change is declared clobbered. A panic in `f`
+    // aborts (no unwinding crosses this frame).
+    unsafe {
+        asm!(
+            "mov r12, rsp",
+            "mov rsp, rax",
+            "call {enter}",
+            "mov rsp, r12",
+            enter = sym enter,
+            in("rax") top,
+            in("rdi") &raw mut f,
+            out("r12") _,
+            clobber_abi("C"),
+        );
+    }
+}
+
 /// Ends the VM with `status` through the exit device.
 pub fn exit(status: u32) -> ! {
     outl(EXIT_PORT, status);

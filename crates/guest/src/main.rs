@@ -2,9 +2,10 @@
 //!
 //! Booted by a vmkit VMM with the Linux 64-bit boot protocol, it checks what
 //! the VMM built (zero page, command line, e820 map, MP table), starts every
-//! CPU, prints one line per check on the serial port and reports the number
-//! of failed checks to the exit device. See `src/guest.rs` in the root
-//! package for the protocol as the VMM sees it.
+//! CPU, drives its virtio-mmio disks ([`blk`]) and network devices ([`net`],
+//! with smoltcp in [`tcpip`]), prints one line per check on the serial port
+//! and reports the number of failed checks to the exit device. See
+//! `src/guest.rs` in the root package for the protocol as the VMM sees it.
 //!
 //! CPL0 is assembly in [`cpu`] (kept tiny: kernel-mode guest code is
 //! emulated on the hosts this runs on); all checks run at CPL3.
@@ -19,8 +20,10 @@ mod e820;
 mod irq;
 mod mem;
 mod mptable;
+mod net;
 mod pit;
 mod smp;
+mod tcpip;
 mod virtio;
 
 use core::fmt;
@@ -77,6 +80,7 @@ extern "C" fn bsp_main(boot_params: u64) -> ! {
     let cpus = mptable::check(param("vmkit.cpus"), &mut r);
     smp::check(cpus.as_ref(), &mut r);
     blk::check(cmdline, &mut r);
+    tcpip::check(cmdline, &mut r);
 
     println!("guest: {} passed, {} failed", r.passed, r.failed);
     cpu::exit(r.failed)
