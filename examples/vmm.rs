@@ -6,7 +6,10 @@
 //!
 //! With no `--kernel` it boots vmkit's built-in minimal guest, which checks
 //! what the VMM set up and reports through the serial console and the exit
-//! device; the process exits with the guest's status.
+//! device; the process exits with the guest's status. A Linux kernel (ELF
+//! vmlinux through PVH, or a bzImage) boots with `--kernel`, `--initrd` and
+//! `--cmdline`; the devices are described in ACPI, and an ACPI power-off or
+//! reboot ends the VM with status 0.
 
 use std::fs::File;
 use std::io::Cursor;
@@ -19,10 +22,10 @@ use std::thread;
 
 use clap::Parser;
 use vmkit::blk::{Block, DiskId};
-use vmkit::boot;
+use vmkit::boot::{self, BootInfo, ProtocolChoice};
 use vmkit::devices::{
-    Bus, COM1_IRQ, COM1_PORT, EXIT_PORT, EXIT_PORT_LEN, ExitDevice, I8042, I8042_PORT,
-    I8042_PORT_LEN, SERIAL_PORT_LEN, Serial,
+    ACPI_PM_PORT, ACPI_PM_PORT_LEN, AcpiPmDevice, Bus, COM1_IRQ, COM1_PORT, EXIT_PORT,
+    EXIT_PORT_LEN, ExitDevice, I8042, I8042_PORT, I8042_PORT_LEN, SERIAL_PORT_LEN, Serial,
 };
 use vmkit::disk::{DiskImage, DiskSpec, open_disk};
 use vmkit::hypervisor::{Hypervisor, kvm::KvmHypervisor};
@@ -50,9 +53,17 @@ struct Args {
     /// Number of vCPUs.
     #[arg(long, default_value_t = 1)]
     cpus: u32,
-    /// ELF kernel to boot instead of the built-in minimal guest.
+    /// Kernel to boot instead of the built-in minimal guest: an ELF vmlinux
+    /// (PVH when it has the note) or a bzImage.
     #[arg(long, value_name = "PATH")]
     kernel: Option<PathBuf>,
+    /// Initial ramdisk, placed high in low RAM.
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
+    /// Entry of an ELF kernel: auto (PVH when it has a PVH note), pvh or
+    /// linux64 (the 64-bit boot protocol).
+    #[arg(long, value_name = "auto|pvh|linux64", default_value = "auto")]
+    boot_protocol: ProtocolChoice,
     /// Kernel command line (for the built-in guest: appended to its own).
     #[arg(long, value_name = "STRING")]
     cmdline: Option<String>,
@@ -77,8 +88,11 @@ struct Args {
 enum VmEnd {
     /// The guest wrote a status to the exit device.
     Status(u32),
-    /// The guest reset the machine through the i8042 (a clean shutdown).
+    /// The guest reset the machine through the i8042 or ACPI (a clean
+    /// shutdown).
     Reset,
+    /// The guest powered off through ACPI (S5).
+    PowerOff,
     /// A vCPU stopped on something the VMM cannot continue from.
     Fatal(String),
 }
@@ -130,7 +144,8 @@ fn run(args: &Args) -> Result<ExitCode, BoxError> {
     vm.create_irq_chip()?;
     vm.create_pit()?;
 
-    let (entry, mut cmdline) = match &args.kernel {
+    let choice = args.boot_protocol;
+    let (kernel, mut cmdline) = match &args.kernel {
         Some(path) => {
             let mut file = File::open(path)
                 .map_err(|e| format!("cannot open kernel {}: {e}", path.display()))?;
@@ -138,7 +153,7 @@ fn run(args: &Args) -> Result<ExitCode, BoxError> {
                 .cmdline
                 .clone()
                 .unwrap_or_else(|| "console=ttyS0 reboot=k panic=1".into());
-            (boot::load_kernel(&mem, &mut file)?, cmdline)
+            (boot::load_kernel_with(&mem, &mut file, choice)?, cmdline)
         }
         None => {
             let mut cmdline = format!(
@@ -149,19 +164,26 @@ fn run(args: &Args) -> Result<ExitCode, BoxError> {
                 cmdline.push(' ');
                 cmdline.push_str(extra);
             }
-            (
-                boot::load_kernel(&mem, &mut Cursor::new(vmkit::guest::ELF))?,
-                cmdline,
-            )
+            let mut image = Cursor::new(vmkit::guest::ELF);
+            (boot::load_kernel_with(&mem, &mut image, choice)?, cmdline)
         }
     };
+    let initrd = match &args.initrd {
+        Some(path) => {
+            let mut file = File::open(path)
+                .map_err(|e| format!("cannot open initrd {}: {e}", path.display()))?;
+            Some(boot::load_initrd(&mem, &mut file, &kernel)?)
+        }
+        None => None,
+    };
 
-    // virtio-blk devices on the MMIO bus, announced on the command line the
-    // way Linux's virtio_mmio driver reads them.
+    // virtio devices on the MMIO bus, announced in the ACPI DSDT and on the
+    // command line (for kernels with CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES).
     let mmio = Arc::new(Bus::new());
     let mut alloc = SystemAllocator::new()?;
     let mut block_stats = Vec::new();
     let mut disks = Vec::new();
+    let mut slots = Vec::new();
     for (i, spec) in args.disks.iter().enumerate() {
         let disk: Arc<dyn DiskImage> = open_disk(spec)
             .map_err(|e| format!("--disk {}: {e}", spec.path.display()))?
@@ -169,17 +191,36 @@ fn run(args: &Args) -> Result<ExitCode, BoxError> {
         disks.push(disk.clone());
         let block = Block::new(disk, DiskId::new(&format!("vmkit-disk{i}"))?);
         block_stats.push(block.stats());
-        let slot = attach_virtio_mmio(Box::new(block), &vm, &mem, &mut alloc, &mmio)?;
-        cmdline.push_str(&format!(" {}", slot.cmdline_arg()));
+        slots.push(attach_virtio_mmio(
+            Box::new(block),
+            &vm,
+            &mem,
+            &mut alloc,
+            &mmio,
+        )?);
     }
     let mut net_stats = Vec::new();
     for spec in &args.nets {
         let net = Net::new(spec.open_tap()?, spec.mac_or_random()?)?;
         net_stats.push(net.stats());
-        let slot = attach_virtio_mmio(Box::new(net), &vm, &mem, &mut alloc, &mmio)?;
+        slots.push(attach_virtio_mmio(
+            Box::new(net),
+            &vm,
+            &mem,
+            &mut alloc,
+            &mmio,
+        )?);
+    }
+    for slot in &slots {
         cmdline.push_str(&format!(" {}", slot.cmdline_arg()));
     }
-    boot::configure_system(&mem, &cmdline, cpus)?;
+    let acpi = vmkit::acpi::acpi_config(cpus, &slots);
+    let boot_info = BootInfo {
+        initrd,
+        rsdp: Some(boot::acpi::setup_acpi(&mem, &acpi)?),
+        ..BootInfo::new(&kernel)
+    };
+    boot::configure_system(&mem, &cmdline, cpus, &boot_info)?;
 
     // Legacy devices on the port-I/O bus.
     let pio = Arc::new(Bus::new());
@@ -202,6 +243,13 @@ fn run(args: &Args) -> Result<ExitCode, BoxError> {
         I8042_PORT.into(),
         I8042_PORT_LEN,
     )?;
+    let power_off_evt = EventFd::new(0)?;
+    let acpi_pm = AcpiPmDevice::new(power_off_evt.try_clone()?, reset_evt.try_clone()?);
+    pio.insert(
+        Arc::new(Mutex::new(acpi_pm)),
+        ACPI_PM_PORT.into(),
+        ACPI_PM_PORT_LEN,
+    )?;
     let exit_evt = EventFd::new(0)?;
     let exit_dev = Arc::new(Mutex::new(ExitDevice::new(exit_evt.try_clone()?)));
     pio.insert(exit_dev.clone(), EXIT_PORT.into(), EXIT_PORT_LEN)?;
@@ -212,10 +260,11 @@ fn run(args: &Args) -> Result<ExitCode, BoxError> {
         VmEnd::Status(status.unwrap_or(0))
     });
     forward_event(reset_evt, end_tx.clone(), || VmEnd::Reset);
+    forward_event(power_off_evt, end_tx.clone(), || VmEnd::PowerOff);
 
     for id in 0..cpus {
         let vcpu = vm.create_vcpu(u32::from(id))?;
-        let boot_entry = (id == 0).then_some(entry.entry);
+        let boot_entry = (id == 0).then_some(&kernel);
         boot::configure_vcpu(vcpu.as_ref(), &mem, id, cpus, &cpuid, boot_entry)?;
         let (pio, mmio, mem, end) = (pio.clone(), mmio.clone(), mem.clone(), end_tx.clone());
         thread::Builder::new()
@@ -257,7 +306,7 @@ fn run(args: &Args) -> Result<ExitCode, BoxError> {
         }
     }
     Ok(match end {
-        VmEnd::Status(0) | VmEnd::Reset => ExitCode::SUCCESS,
+        VmEnd::Status(0) | VmEnd::Reset | VmEnd::PowerOff => ExitCode::SUCCESS,
         VmEnd::Status(s) => {
             eprintln!("vmm: {}: the guest reported status {s}", args.name);
             ExitCode::from(s.clamp(1, 255) as u8)

@@ -15,12 +15,13 @@
 //! | [`net`] | vmkit-net | tap devices, bridge helpers and virtio-net |
 //!
 //! [`guest`] holds vmkit's minimal guest, built from `crates/guest` by this
-//! package's build script. The modules [`vcpu`], [`virtio_mmio`] and
-//! [`overhead`] are the composition pieces a VMM needs between the crates:
-//! the vCPU run loop, wiring a virtio device to the VM, and measuring the
-//! VMM's own memory.
+//! package's build script. The modules [`vcpu`], [`virtio_mmio`], [`acpi`]
+//! and [`overhead`] are the composition pieces a VMM needs between the
+//! crates: the vCPU run loop, wiring a virtio device to the VM, describing
+//! the devices in ACPI, and measuring the VMM's own memory.
 #![deny(missing_docs)]
 
+pub mod acpi;
 pub mod guest;
 pub mod overhead;
 pub mod vcpu;

@@ -2,11 +2,12 @@
 //! sets everything a vCPU needs before its first run.
 
 use log::warn;
-use vm_memory::{GuestAddress, GuestMemoryBackend};
+use vm_memory::GuestMemoryBackend;
 use vmkit_hypervisor::{CpuIdEntry, MsrEntry, Vcpu};
 
 use crate::cpuid::setup_cpuid;
-use crate::regs::{setup_fpu, setup_regs, setup_sregs};
+use crate::loader::{BootProtocol, KernelEntry};
+use crate::regs::{setup_fpu, setup_pvh_regs, setup_pvh_sregs, setup_regs, setup_sregs};
 use crate::{Error, Result};
 
 /// `IA32_TIME_STAMP_COUNTER`.
@@ -207,10 +208,12 @@ pub fn setup_lapic(vcpu: &dyn Vcpu) -> Result<()> {
 ///
 /// Every vCPU gets its CPUID (built from `supported_cpuid`, the
 /// hypervisor's `supported_cpuid()`), the boot MSRs, the FPU state and its
-/// local APIC LINT0/LINT1 set-up. The boot vCPU (`entry` = `Some`, the
-/// kernel entry point) also gets its registers and special registers for
-/// the Linux 64-bit boot protocol, which writes the boot GDT, IDT and page
-/// tables to `mem`. Application processors (`entry` = `None`) keep their
+/// local APIC LINT0/LINT1 set-up. The boot vCPU (`kernel` = `Some`, the
+/// loaded kernel) also gets its registers and special registers for the
+/// kernel's boot protocol: long mode at `kernel.entry` for the 64-bit boot
+/// protocol (which writes the boot GDT, IDT and page tables to `mem`),
+/// 32-bit protected mode for PVH. Application processors (`kernel` =
+/// `None`) keep their
 /// reset state: with the in-kernel irqchip, KVM holds every vCPU other
 /// than vCPU 0 in wait-for-SIPI, and the guest starts them with INIT/SIPI.
 ///
@@ -222,15 +225,22 @@ pub fn configure_vcpu<M: GuestMemoryBackend>(
     cpu_index: u8,
     num_cpus: u8,
     supported_cpuid: &[CpuIdEntry],
-    entry: Option<GuestAddress>,
+    kernel: Option<&KernelEntry>,
 ) -> Result<()> {
     setup_cpuid(vcpu, supported_cpuid, cpu_index, num_cpus)?;
     setup_msrs(vcpu)?;
     setup_fpu(vcpu)?;
     setup_lapic(vcpu)?;
-    if let Some(entry) = entry {
-        setup_regs(vcpu, entry)?;
-        setup_sregs(mem, vcpu)?;
+    match kernel {
+        Some(k) if k.protocol == BootProtocol::Pvh => {
+            setup_pvh_regs(vcpu, k.entry)?;
+            setup_pvh_sregs(mem, vcpu)?;
+        }
+        Some(k) => {
+            setup_regs(vcpu, k.entry)?;
+            setup_sregs(mem, vcpu)?;
+        }
+        None => {}
     }
     Ok(())
 }
@@ -240,7 +250,7 @@ mod tests {
     use super::*;
     use crate::cpuid::tests::supported_intel;
     use crate::test_vcpu::TestVcpu;
-    use vm_memory::GuestMemoryMmap;
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
 
     fn msr(vcpu: &TestVcpu, index: u32) -> Option<u64> {
         vcpu.state()
@@ -319,15 +329,13 @@ mod tests {
     fn boot_cpu_gets_registers_aps_do_not() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         let bsp = TestVcpu::default();
-        configure_vcpu(
-            &bsp,
-            &mem,
-            0,
-            2,
-            &supported_intel(),
-            Some(GuestAddress(0x10_0000)),
-        )
-        .unwrap();
+        let kernel = KernelEntry {
+            entry: GuestAddress(0x10_0000),
+            protocol: BootProtocol::Linux64,
+            start: GuestAddress(0x10_0000),
+            end: GuestAddress(0x10_1000),
+        };
+        configure_vcpu(&bsp, &mem, 0, 2, &supported_intel(), Some(&kernel)).unwrap();
         let s = bsp.state();
         for call in [
             "set_cpuid",
@@ -360,6 +368,22 @@ mod tests {
         let cpuid = s.cpuid.as_ref().unwrap();
         let leaf1 = cpuid.iter().find(|e| e.function == 1).unwrap();
         assert_eq!(leaf1.ebx >> 24, 1, "AP's APIC ID");
+    }
+
+    #[test]
+    fn pvh_kernel_starts_in_protected_mode() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let bsp = TestVcpu::default();
+        let kernel = KernelEntry {
+            entry: GuestAddress(0x10_0040),
+            protocol: BootProtocol::Pvh,
+            start: GuestAddress(0x10_0000),
+            end: GuestAddress(0x10_1000),
+        };
+        configure_vcpu(&bsp, &mem, 0, 1, &supported_intel(), Some(&kernel)).unwrap();
+        let s = bsp.state();
+        assert_eq!((s.regs.rip, s.regs.rbx), (0x10_0040, 0xf000));
+        assert_eq!((s.sregs.cr0, s.sregs.efer, s.sregs.cs.l), (0x11, 0, 0));
     }
 
     #[test]

@@ -67,9 +67,80 @@ pub enum Error {
     /// Reading the kernel image failed.
     #[error("cannot read the kernel image: {0}")]
     KernelRead(#[source] std::io::Error),
-    /// The kernel image is not an ELF file.
-    #[error("not an ELF kernel image: {0}")]
+    /// The kernel image is neither an ELF file nor a bzImage.
+    #[error("not an ELF or bzImage kernel image: {0}")]
     NotElf(&'static str),
+    /// The bzImage's setup header is unusable.
+    #[error("invalid bzImage: {0}")]
+    InvalidBzImage(String),
+    /// The bzImage's boot protocol is older than this loader supports.
+    #[error(
+        "the bzImage uses boot protocol {major}.{minor:02}; at least 2.06 is needed \
+         (for cmdline_size)",
+        major = version >> 8,
+        minor = version & 0xff
+    )]
+    BzImageTooOld {
+        /// The setup header's `version` field.
+        version: u16,
+    },
+    /// The bzImage has no 64-bit entry point.
+    #[error(
+        "the bzImage has no 64-bit entry point (boot protocol {major}.{minor:02}, \
+         xloadflags {xloadflags:#x}: XLF_KERNEL_64 needs protocol 2.12 and bit 0)",
+        major = version >> 8,
+        minor = version & 0xff
+    )]
+    BzImageNot64Bit {
+        /// The setup header's `version` field.
+        version: u16,
+        /// The setup header's `xloadflags` field.
+        xloadflags: u16,
+    },
+    /// The kernel does not fit in guest RAM.
+    #[error("the kernel ({start:#x}..{end:#x}) is not inside guest RAM")]
+    KernelOutsideRam {
+        /// Where it would be loaded.
+        start: u64,
+        /// End (exclusive) of the memory it needs.
+        end: u64,
+    },
+    /// The PVH boot protocol was asked for a kernel without a PVH entry.
+    #[error("the kernel has no PVH entry point (no XEN_ELFNOTE_PHYS32_ENTRY note)")]
+    NoPvhEntry,
+    /// Reading the initrd failed.
+    #[error("cannot read the initrd: {0}")]
+    InitrdRead(#[source] std::io::Error),
+    /// The initrd is empty.
+    #[error("the initrd is empty")]
+    InitrdEmpty,
+    /// The initrd does not fit between the kernel and its highest address.
+    #[error(
+        "the initrd ({size} bytes) does not fit in guest RAM between the kernel end \
+         {kernel_end:#x} and {limit:#x}"
+    )]
+    InitrdTooLarge {
+        /// Its size in bytes.
+        size: u64,
+        /// End of the kernel.
+        kernel_end: u64,
+        /// First address the initrd may not reach (min of `initrd_addr_max + 1`
+        /// and the end of low RAM).
+        limit: u64,
+    },
+    /// The ACPI tables do not fit their area.
+    #[error("the ACPI tables need {size:#x} bytes; {max:#x} fit at {start:#x}")]
+    AcpiTooLarge {
+        /// Bytes needed.
+        size: u64,
+        /// Bytes available.
+        max: u64,
+        /// Start of the area.
+        start: u64,
+    },
+    /// The ACPI description is invalid.
+    #[error("invalid ACPI description: {0}")]
+    AcpiConfig(String),
     /// The kernel image is an ELF file this loader cannot use.
     #[error("invalid ELF kernel image: {0}")]
     InvalidElf(String),
@@ -103,7 +174,7 @@ pub enum Error {
         end: u64,
     },
     /// linux-loader failed to load the kernel.
-    #[error("cannot load the ELF kernel image: {msg}")]
+    #[error("cannot load the kernel image: {msg}")]
     Load {
         /// What went wrong, in words.
         msg: &'static str,
@@ -113,6 +184,9 @@ pub enum Error {
     /// linux-loader failed to write the zero page.
     #[error("cannot write the zero page: {0}")]
     BootParams(#[source] linux_loader::configurator::Error),
+    /// linux-loader failed to write the PVH start_info.
+    #[error("cannot write the PVH start_info: {0}")]
+    PvhStartInfo(#[source] linux_loader::configurator::Error),
 }
 
 /// Result type of this crate.

@@ -15,12 +15,20 @@ use crate::{Error, Result};
 /// Descriptor flags of the 64-bit code segment: G, L, P, DPL 0, S,
 /// type 0xb (execute/read, accessed).
 pub const CODE64_FLAGS: u16 = 0xa09b;
+/// Descriptor flags of the flat 32-bit code segment for the PVH entry: G,
+/// D/B, P, DPL 0, S, type 0xb (execute/read, accessed).
+pub const CODE32_FLAGS: u16 = 0xc09b;
 /// Descriptor flags of the data segment: G, D/B, P, DPL 0, S, type 0x3
 /// (read/write, accessed).
 pub const DATA_FLAGS: u16 = 0xc093;
 /// Descriptor flags of a busy 64-bit TSS: G, P, DPL 0, system, type 0xb.
 pub const TSS64_BUSY_FLAGS: u16 = 0x808b;
+/// Descriptor flags of a busy 32-bit TSS with a byte-granular limit: P,
+/// DPL 0, system, type 0xb.
+pub const TSS32_BUSY_FLAGS: u16 = 0x008b;
 
+/// GDT index of the flat 32-bit code segment (the PVH entry's CS).
+pub const CODE32_INDEX: u8 = 1;
 /// GDT index of the 64-bit code segment (`__BOOT_CS` of the Linux boot
 /// protocol).
 pub const CODE64_INDEX: u8 = 2;
@@ -79,13 +87,14 @@ pub fn segment_from_gdt(entry: u64, table_index: u8) -> Segment {
     }
 }
 
-/// The boot GDT: null, unused (null), 64-bit code at selector 0x10, data at
-/// selector 0x18, as the Linux 64-bit boot protocol asks (`__BOOT_CS` and
-/// `__BOOT_DS`).
+/// The boot GDT: null, flat 32-bit code at selector 0x08 (the PVH entry's
+/// CS), 64-bit code at selector 0x10 and flat data at selector 0x18, as the
+/// Linux 64-bit boot protocol asks (`__BOOT_CS` and `__BOOT_DS`); the data
+/// segment is also the PVH entry's DS, ES and SS.
 pub fn boot_gdt() -> [u64; BOOT_GDT_MAX] {
     [
         0,
-        0,
+        gdt_entry(CODE32_FLAGS, 0, 0xfffff),
         gdt_entry(CODE64_FLAGS, 0, 0xfffff),
         gdt_entry(DATA_FLAGS, 0, 0xfffff),
     ]
@@ -212,7 +221,7 @@ mod tests {
                 .unwrap()
         };
         assert_eq!(entry(0), 0);
-        assert_eq!(entry(1), 0);
+        assert_eq!(entry(1), 0x00cf_9b00_0000_ffff, "flat 32-bit code");
         assert_eq!(entry(2), 0x00af_9b00_0000_ffff);
         assert_eq!(entry(3), 0x00cf_9300_0000_ffff);
         assert_eq!(

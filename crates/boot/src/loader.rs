@@ -1,36 +1,120 @@
-//! Loading an ELF kernel (vmlinux, or the minimal test guest) into guest
-//! memory.
+//! Loading a kernel into guest memory and choosing its boot protocol.
 //!
-//! linux-loader's [`Elf`] does the loading. It is called without a
-//! "highmem start" limit because the minimal guest has a segment at 0x8000
-//! (its application-processor start-up code); instead, every loadable
-//! segment is checked here first: it must lie in guest RAM and must not
-//! overlap any boot structure of [`crate::layout`].
+//! Three kinds of image are accepted, told apart by their magic numbers:
+//!
+//! - an ELF `vmlinux` (or the minimal test guest) with a PVH entry note
+//!   (`XEN_ELFNOTE_PHYS32_ENTRY`): [`BootProtocol::Pvh`], 32-bit protected
+//!   mode at the note's address;
+//! - an ELF without that note (or with [`ProtocolChoice::Linux64`]):
+//!   [`BootProtocol::Linux64`], the Linux 64-bit boot protocol at `e_entry`;
+//! - a bzImage: [`BootProtocol::BzImage`], the 64-bit boot protocol at the
+//!   protected-mode kernel's 64-bit entry (see [`crate::bzimage`]).
+//!
+//! linux-loader's [`Elf`] and [`BzImage`](linux_loader::loader::BzImage)
+//! do the loading. The ELF loader is called without a "highmem start" limit
+//! because the minimal guest has a segment at 0x8000 (its
+//! application-processor start-up code); instead, every loadable segment is
+//! checked here first: it must lie in guest RAM and must not overlap any
+//! boot structure of [`crate::layout`].
 
 use std::io::{ErrorKind, Read, Seek, SeekFrom};
+use std::str::FromStr;
 
+use linux_loader::bootparam::setup_header;
 use linux_loader::elf::{
     EI_CLASS, EI_DATA, ELFCLASS64, ELFDATA2LSB, ELFMAG0, ELFMAG1, ELFMAG2, ELFMAG3, EM_X86_64,
     Elf64_Ehdr, Elf64_Phdr, PT_LOAD,
 };
-use linux_loader::loader::{Elf, Error as LoaderError, KernelLoader, elf};
+use linux_loader::loader::elf::PvhBootCapability;
+use linux_loader::loader::{Elf, Error as LoaderError, KernelLoader, bzimage, elf};
 use vm_memory::{ByteValued, GuestAddress, GuestMemoryBackend, ReadVolatile};
 
+use crate::bzimage::{is_bzimage, load_bzimage};
 use crate::layout::{
-    BOOT_GDT_START, BOOT_STACK_POINTER, CMDLINE_MAX_SIZE, CMDLINE_START, EBDA_START, HIMEM_START,
-    PML4_START, ZERO_PAGE_START,
+    ACPI_END, ACPI_START, BOOT_GDT_START, BOOT_STACK_POINTER, CMDLINE_MAX_SIZE, CMDLINE_START,
+    EBDA_START, PML4_START, PVH_INFO_START, ZERO_PAGE_START,
 };
 use crate::paging::PAGE_TABLES_END;
 use crate::{Error, Result};
 
-/// Where a loaded kernel starts and ends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The highest address an initrd may occupy for ELF kernels (PVH and the
+/// 64-bit protocol), as for a bzImage that does not say: 2 GiB - 1.
+pub const DEFAULT_INITRD_ADDR_MAX: u64 = 0x7fff_ffff;
+
+/// How the boot vCPU enters the kernel.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum BootProtocol {
+    /// The Linux 64-bit boot protocol with an ELF kernel: long mode, paging
+    /// on the boot page tables, `RIP` = the ELF entry, `RSI` = the zero
+    /// page.
+    Linux64,
+    /// The PVH boot protocol (Xen's `docs/misc/pvh.pandoc`, used by Linux
+    /// with `CONFIG_PVH`): 32-bit protected mode, paging off, `EIP` = the
+    /// `XEN_ELFNOTE_PHYS32_ENTRY` address, `EBX` = the `hvm_start_info` at
+    /// [`crate::layout::PVH_INFO_START`].
+    Pvh,
+    /// The Linux 64-bit boot protocol with a bzImage: as [`Self::Linux64`],
+    /// entered at the protected-mode kernel's 64-bit entry, with the
+    /// kernel's setup header copied into the zero page.
+    BzImage(setup_header),
+}
+
+/// Which entry of an ELF kernel to use; a bzImage always boots with the
+/// 64-bit protocol.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProtocolChoice {
+    /// PVH when the ELF has a PVH entry note, the 64-bit protocol otherwise.
+    #[default]
+    Auto,
+    /// The 64-bit boot protocol at `e_entry`, even with a PVH note.
+    Linux64,
+    /// PVH; an error for a kernel without a PVH entry note or a bzImage.
+    Pvh,
+}
+
+impl FromStr for ProtocolChoice {
+    type Err = String;
+
+    /// Parses `auto`, `linux64` or `pvh`.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "linux64" => Ok(Self::Linux64),
+            "pvh" => Ok(Self::Pvh),
+            _ => Err(format!(
+                "unknown boot protocol {s:?} (expected auto, linux64 or pvh)"
+            )),
+        }
+    }
+}
+
+/// Where a loaded kernel is and how to enter it.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct KernelEntry {
-    /// The ELF entry point, for the boot vCPU's RIP.
+    /// The boot vCPU's first instruction: the ELF entry, the PVH entry, or
+    /// the bzImage's 64-bit entry (load address + 0x200).
     pub entry: GuestAddress,
-    /// First address after the highest loaded segment (`p_paddr +
-    /// p_memsz`), where an initrd or other payload may follow.
+    /// The boot protocol `entry` belongs to.
+    pub protocol: BootProtocol,
+    /// Lowest address the kernel occupies.
+    pub start: GuestAddress,
+    /// First address after everything the kernel occupies: the highest
+    /// ELF segment's `p_paddr + p_memsz`, or for a bzImage the end of the
+    /// memory its decompressor uses (`init_size`). An initrd goes above.
     pub end: GuestAddress,
+}
+
+impl KernelEntry {
+    /// The highest address the initrd may occupy: the bzImage's
+    /// `initrd_addr_max`, [`DEFAULT_INITRD_ADDR_MAX`] for ELF kernels.
+    pub fn initrd_addr_max(&self) -> u64 {
+        match &self.protocol {
+            BootProtocol::BzImage(hdr) if hdr.initrd_addr_max != 0 => {
+                u64::from(hdr.initrd_addr_max)
+            }
+            _ => DEFAULT_INITRD_ADDR_MAX,
+        }
+    }
 }
 
 /// The guest memory ranges a kernel segment must not overwrite.
@@ -43,15 +127,21 @@ pub const BOOT_STRUCTURES: &[(&str, u64, u64)] = &[
     ),
     ("boot page tables", PML4_START, PAGE_TABLES_END),
     (
+        "PVH start_info page",
+        PVH_INFO_START,
+        PVH_INFO_START + 0x1000,
+    ),
+    (
         "kernel command line",
         CMDLINE_START,
         CMDLINE_START + CMDLINE_MAX_SIZE as u64,
     ),
-    ("EBDA and MP table", EBDA_START, HIMEM_START),
+    ("EBDA and MP table", EBDA_START, ACPI_START),
+    ("ACPI tables", ACPI_START, ACPI_END),
 ];
 
 /// What linux-loader's error means, for a user.
-fn describe(e: &LoaderError) -> &'static str {
+pub(crate) fn describe(e: &LoaderError) -> &'static str {
     match e {
         LoaderError::Elf(e) => match e {
             elf::Error::InvalidElfMagicNumber => "invalid ELF magic",
@@ -75,6 +165,13 @@ fn describe(e: &LoaderError) -> &'static str {
             elf::Error::ReadNoteHeader => "an ELF note runs past the end of the file",
             elf::Error::InvalidPvhNote => "invalid PVH entry note",
             elf::Error::Align => "invalid ELF note alignment",
+        },
+        LoaderError::Bzimage(e) => match e {
+            bzimage::Error::ReadBzImageCompressedKernel => {
+                "the protected-mode kernel does not fit in guest memory"
+            }
+            bzimage::Error::Underflow => "the file is shorter than its setup sectors",
+            _ => "invalid bzImage",
         },
         LoaderError::MemoryOverflow => "a segment ends beyond the 64-bit address space",
         LoaderError::InvalidKernelStartAddress => "invalid kernel start address",
@@ -146,14 +243,14 @@ fn read_headers<F: Read + Seek>(image: &mut F) -> Result<(Elf64_Ehdr, Vec<Elf64_
 }
 
 /// Checks that every loadable segment lies in guest RAM and clear of the
-/// boot structures, that the entry point is inside one, and returns the
-/// end of the highest one.
+/// boot structures and that the entry point is inside one; returns the
+/// loaded ranges.
 fn check_segments<M: GuestMemoryBackend>(
     mem: &M,
     ehdr: &Elf64_Ehdr,
     phdrs: &[Elf64_Phdr],
-) -> Result<u64> {
-    let mut end_max = None;
+) -> Result<Vec<(u64, u64)>> {
+    let mut ranges = Vec::new();
     let mut entry_loaded = false;
     for (index, ph) in phdrs.iter().enumerate() {
         if ph.p_type != PT_LOAD || ph.p_memsz == 0 {
@@ -190,40 +287,88 @@ fn check_segments<M: GuestMemoryBackend>(
             return Err(Error::SegmentOutsideRam { index, start, end });
         }
         entry_loaded |= (start..end).contains(&ehdr.e_entry);
-        end_max = end_max.max(Some(end));
+        ranges.push((start, end));
     }
-    let end = end_max.ok_or_else(|| Error::InvalidElf("no loadable segment".into()))?;
+    if ranges.is_empty() {
+        return Err(Error::InvalidElf("no loadable segment".into()));
+    }
     if !entry_loaded {
         return Err(Error::InvalidElf(format!(
             "the entry point {:#x} is outside every loadable segment",
             ehdr.e_entry
         )));
     }
-    Ok(end)
+    Ok(ranges)
 }
 
-/// Loads the ELF kernel `image` into `mem` at its segments' physical
-/// addresses (`p_paddr`) and returns its entry point and end.
-///
-/// Opening the file is the caller's business. The image must be a 64-bit
-/// little-endian x86_64 ELF file whose loadable segments all lie in guest
-/// RAM and clear of the boot structures (see [`BOOT_STRUCTURES`]); errors
-/// name the segment and the structure. The image is read with
-/// [`ReadVolatile`] straight into guest memory, which `std::fs::File` and
-/// `std::io::Cursor` implement.
+/// Loads the kernel `image` (ELF or bzImage) into `mem` and returns where
+/// it is and how to enter it, PVH when an ELF kernel has a PVH entry note
+/// (see [`load_kernel_with`]).
 pub fn load_kernel<M, F>(mem: &M, image: &mut F) -> Result<KernelEntry>
 where
     M: GuestMemoryBackend,
     F: Read + ReadVolatile + Seek,
 {
+    load_kernel_with(mem, image, ProtocolChoice::Auto)
+}
+
+/// Loads the kernel `image` into `mem` for the boot protocol `choice`.
+///
+/// Opening the file is the caller's business. An ELF image must be a
+/// 64-bit little-endian x86_64 ELF file whose loadable segments all lie in
+/// guest RAM and clear of the boot structures (see [`BOOT_STRUCTURES`]);
+/// errors name the segment and the structure. A bzImage is checked and
+/// placed as [`crate::bzimage`] says. The image is read with
+/// [`ReadVolatile`] straight into guest memory, which `std::fs::File` and
+/// `std::io::Cursor` implement.
+pub fn load_kernel_with<M, F>(mem: &M, image: &mut F, choice: ProtocolChoice) -> Result<KernelEntry>
+where
+    M: GuestMemoryBackend,
+    F: Read + ReadVolatile + Seek,
+{
+    if is_bzimage(image)? {
+        if choice == ProtocolChoice::Pvh {
+            return Err(Error::NoPvhEntry);
+        }
+        return load_bzimage(mem, image);
+    }
+    load_elf(mem, image, choice)
+}
+
+fn load_elf<M, F>(mem: &M, image: &mut F, choice: ProtocolChoice) -> Result<KernelEntry>
+where
+    M: GuestMemoryBackend,
+    F: Read + ReadVolatile + Seek,
+{
     let (ehdr, phdrs) = read_headers(image)?;
-    let end = check_segments(mem, &ehdr, &phdrs)?;
-    Elf::load(mem, None, image, None).map_err(|source| Error::Load {
+    let ranges = check_segments(mem, &ehdr, &phdrs)?;
+    let loaded = Elf::load(mem, None, image, None).map_err(|source| Error::Load {
         msg: describe(&source),
         source,
     })?;
+    let start = ranges.iter().map(|r| r.0).min().unwrap_or(0);
+    let end = ranges.iter().map(|r| r.1).max().unwrap_or(0);
+    let pvh = match loaded.pvh_boot_cap {
+        PvhBootCapability::PvhEntryPresent(addr) => Some(addr),
+        _ => None,
+    };
+    let (entry, protocol) = match (choice, pvh) {
+        (ProtocolChoice::Auto | ProtocolChoice::Pvh, Some(addr)) => (addr, BootProtocol::Pvh),
+        (ProtocolChoice::Pvh, None) => return Err(Error::NoPvhEntry),
+        (ProtocolChoice::Auto | ProtocolChoice::Linux64, _) => {
+            (GuestAddress(ehdr.e_entry), BootProtocol::Linux64)
+        }
+    };
+    if !ranges.iter().any(|&(s, e)| (s..e).contains(&entry.0)) {
+        return Err(Error::InvalidElf(format!(
+            "the PVH entry point {:#x} is outside every loadable segment",
+            entry.0
+        )));
+    }
     Ok(KernelEntry {
-        entry: GuestAddress(ehdr.e_entry),
+        entry,
+        protocol,
+        start: GuestAddress(start),
         end: GuestAddress(end),
     })
 }
@@ -341,10 +486,16 @@ mod tests {
         let garbage: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 3) as u8).collect();
         let err = load_kernel(&m, &mut Cursor::new(&garbage)).unwrap_err();
         assert!(matches!(err, Error::NotElf(_)), "{err:?}");
-        assert_eq!(err.to_string(), "not an ELF kernel image: invalid magic");
+        assert_eq!(
+            err.to_string(),
+            "not an ELF or bzImage kernel image: invalid magic"
+        );
 
         let err = load_kernel(&m, &mut Cursor::new(Vec::new())).unwrap_err();
-        assert_eq!(err.to_string(), "not an ELF kernel image: invalid magic");
+        assert_eq!(
+            err.to_string(),
+            "not an ELF or bzImage kernel image: invalid magic"
+        );
 
         let err = load_kernel(&m, &mut Cursor::new(b"\x7fELF\x02\x01".to_vec())).unwrap_err();
         assert!(
@@ -445,6 +596,85 @@ mod tests {
         let image = build_elf(0x30_0000, &[seg(0x10_0000, &[0xf4])]);
         let err = load_kernel(&m, &mut Cursor::new(&image)).unwrap_err();
         assert!(err.to_string().contains("entry point 0x300000"), "{err}");
+    }
+
+    /// `build_elf` with one more program header: a PT_NOTE holding a
+    /// XEN_ELFNOTE_PHYS32_ENTRY note for `pvh_entry` (appended at the end).
+    fn build_elf_with_pvh_note(entry: u64, segs: &[Seg], pvh_entry: u32) -> Vec<u8> {
+        let mut note = Vec::new();
+        for v in [4u32, 4, 18] {
+            note.extend_from_slice(&v.to_le_bytes());
+        }
+        note.extend_from_slice(b"Xen\0");
+        note.extend_from_slice(&pvh_entry.to_le_bytes());
+        // Re-lay the image with room for one more header.
+        let mut with_room: Vec<Seg> = segs
+            .iter()
+            .map(|s| Seg {
+                paddr: s.paddr,
+                data: s.data.clone(),
+                memsz: s.memsz,
+            })
+            .collect();
+        // A dummy extra segment reserves the header slot; turned into the
+        // note below (p_type 4, data appended after everything).
+        with_room.push(seg(0, &[]));
+        let mut out = build_elf(entry, &with_room);
+        let note_off = out.len() as u64;
+        out.extend_from_slice(&note);
+        let ph = 64 + 56 * segs.len();
+        out[ph..ph + 4].copy_from_slice(&4u32.to_le_bytes());
+        out[ph + 8..ph + 16].copy_from_slice(&note_off.to_le_bytes());
+        out[ph + 32..ph + 40].copy_from_slice(&(note.len() as u64).to_le_bytes());
+        out[ph + 40..ph + 48].copy_from_slice(&(note.len() as u64).to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn pvh_note_chooses_pvh_unless_linux64_is_forced() {
+        let code = [0xf4u8; 0x40];
+        let image = build_elf_with_pvh_note(0x10_0000, &[seg(0x10_0000, &code)], 0x10_0020);
+        let m = mem();
+        let k = load_kernel(&m, &mut Cursor::new(&image)).unwrap();
+        assert_eq!(k.protocol, BootProtocol::Pvh);
+        assert_eq!(k.entry, GuestAddress(0x10_0020), "the note's entry");
+        assert_eq!(
+            (k.start, k.end),
+            (GuestAddress(0x10_0000), GuestAddress(0x10_0040))
+        );
+        assert_eq!(k.initrd_addr_max(), 0x7fff_ffff);
+
+        let k = load_kernel_with(&m, &mut Cursor::new(&image), ProtocolChoice::Linux64).unwrap();
+        assert_eq!(k.protocol, BootProtocol::Linux64);
+        assert_eq!(k.entry, GuestAddress(0x10_0000), "e_entry");
+
+        let k = load_kernel_with(&m, &mut Cursor::new(&image), ProtocolChoice::Pvh).unwrap();
+        assert_eq!(k.protocol, BootProtocol::Pvh);
+    }
+
+    #[test]
+    fn pvh_needs_a_note_inside_the_image() {
+        let m = mem();
+        let plain = build_elf(0x10_0000, &[seg(0x10_0000, &[0xf4])]);
+        let k = load_kernel(&m, &mut Cursor::new(&plain)).unwrap();
+        assert_eq!(k.protocol, BootProtocol::Linux64, "no note: 64-bit entry");
+        let err = load_kernel_with(&m, &mut Cursor::new(&plain), ProtocolChoice::Pvh).unwrap_err();
+        assert!(matches!(err, Error::NoPvhEntry), "{err:?}");
+
+        let outside = build_elf_with_pvh_note(0x10_0000, &[seg(0x10_0000, &[0xf4])], 0x30_0000);
+        let err = load_kernel(&m, &mut Cursor::new(&outside)).unwrap_err();
+        assert!(
+            err.to_string().contains("PVH entry point 0x300000"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn protocol_choice_parses() {
+        assert_eq!("pvh".parse(), Ok(ProtocolChoice::Pvh));
+        assert_eq!("linux64".parse(), Ok(ProtocolChoice::Linux64));
+        assert_eq!("auto".parse(), Ok(ProtocolChoice::Auto));
+        assert!("bzimage".parse::<ProtocolChoice>().is_err());
     }
 
     #[test]

@@ -45,6 +45,9 @@ const _: () = assert!(IDENTITY_MAP_GIB <= ENTRIES_PER_TABLE);
 /// First address after the boot page tables.
 pub const PAGE_TABLES_END: u64 = PDE_START + IDENTITY_MAP_GIB * PAGE_SIZE as u64;
 
+// The page directories end before the PVH start_info page.
+const _: () = assert!(PAGE_TABLES_END <= crate::layout::PVH_INFO_START);
+
 fn write(mem: &impl GuestMemoryBackend, what: &'static str, addr: u64, bytes: &[u8]) -> Result<()> {
     mem.write_slice(bytes, GuestAddress(addr))
         .map_err(|source| Error::GuestMemory { what, addr, source })

@@ -9,15 +9,56 @@ use linux_loader::loader::load_cmdline;
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::gdt::write_gdt_idt;
-use crate::layout::{CMDLINE_MAX_SIZE, CMDLINE_START, EBDA_START, HIMEM_START, ZERO_PAGE_START};
+use crate::initrd::InitrdRange;
+use crate::layout::{
+    ACPI_END, ACPI_START, CMDLINE_MAX_SIZE, CMDLINE_START, EBDA_START, HIMEM_START, ZERO_PAGE_START,
+};
+use crate::loader::{BootProtocol, KernelEntry};
 use crate::mptable::setup_mptable;
 use crate::paging::setup_page_tables;
+use crate::pvh::write_start_info;
 use crate::{Error, Result};
 
 /// e820 type of usable RAM.
 pub const E820_RAM: u32 = 1;
 /// e820 type of reserved memory.
 pub const E820_RESERVED: u32 = 2;
+/// e820 type of ACPI tables (reclaimable once the OS has read them).
+pub const E820_ACPI: u32 = 3;
+
+/// What [`configure_system`] needs to know beyond the command line and the
+/// vCPU count.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BootInfo {
+    /// The kernel's boot protocol: which boot parameters to write.
+    pub protocol: BootProtocol,
+    /// The initrd, if one was loaded.
+    pub initrd: Option<InitrdRange>,
+    /// The ACPI RSDP, if ACPI tables were written.
+    pub rsdp: Option<GuestAddress>,
+}
+
+impl BootInfo {
+    /// The boot information for `kernel`, without initrd or ACPI.
+    pub fn new(kernel: &KernelEntry) -> Self {
+        BootInfo {
+            protocol: kernel.protocol,
+            initrd: None,
+            rsdp: None,
+        }
+    }
+}
+
+impl Default for BootInfo {
+    /// The 64-bit boot protocol with an ELF kernel, without initrd or ACPI.
+    fn default() -> Self {
+        BootInfo {
+            protocol: BootProtocol::Linux64,
+            initrd: None,
+            rsdp: None,
+        }
+    }
+}
 
 /// `boot_params.hdr.boot_flag`.
 pub const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
@@ -35,12 +76,12 @@ pub struct E820Entry {
     pub addr: u64,
     /// Size in bytes.
     pub size: u64,
-    /// [`E820_RAM`] or [`E820_RESERVED`].
+    /// [`E820_RAM`], [`E820_RESERVED`] or [`E820_ACPI`].
     pub kind: u32,
 }
 
 /// The guest RAM ranges, sorted, with adjacent regions merged.
-fn ram_ranges<M: GuestMemoryBackend>(mem: &M) -> Vec<(u64, u64)> {
+pub(crate) fn ram_ranges<M: GuestMemoryBackend>(mem: &M) -> Vec<(u64, u64)> {
     let mut ranges: Vec<(u64, u64)> = mem
         .iter()
         .map(|r| (r.start_addr().raw_value(), r.len()))
@@ -58,10 +99,11 @@ fn ram_ranges<M: GuestMemoryBackend>(mem: &M) -> Vec<(u64, u64)> {
 }
 
 /// The e820 map of `mem`, derived from its regions: RAM
-/// `[0, EBDA_START)`, reserved `[EBDA_START, HIMEM_START)` (EBDA, MP table,
-/// VGA and BIOS area), RAM `[HIMEM_START, end of the first region)`, and
-/// one RAM entry for every region above (for instance the one above the
-/// 32-bit MMIO hole).
+/// `[0, EBDA_START)`, reserved `[EBDA_START, ACPI_START)` (EBDA, MP table,
+/// VGA and option ROM area), ACPI `[ACPI_START, ACPI_END)` (the BIOS area,
+/// holding the RSDP and the ACPI tables), RAM `[HIMEM_START, end of the
+/// first region)`, and one RAM entry for every region above (for instance
+/// the one above the 32-bit MMIO hole).
 ///
 /// The sizes of all entries add up to the guest memory size, and no entry
 /// covers an address without memory behind it.
@@ -88,8 +130,13 @@ pub fn e820_entries<M: GuestMemoryBackend>(mem: &M) -> Result<Vec<E820Entry>> {
         },
         E820Entry {
             addr: EBDA_START,
-            size: HIMEM_START - EBDA_START,
+            size: ACPI_START - EBDA_START,
             kind: E820_RESERVED,
+        },
+        E820Entry {
+            addr: ACPI_START,
+            size: ACPI_END - ACPI_START,
+            kind: E820_ACPI,
         },
         E820Entry {
             addr: HIMEM_START,
@@ -137,22 +184,53 @@ pub fn write_cmdline<M: GuestMemoryBackend>(mem: &M, cmdline: &str) -> Result<u3
     Ok(len as u32)
 }
 
-/// Writes the zero page at `ZERO_PAGE_START`: setup header (boot flag,
-/// "HdrS", loader type 0xff, 16 MiB kernel alignment, command line at
-/// `CMDLINE_START` of `cmdline_size` bytes) and the e820 map of `mem`.
-pub fn write_zero_page<M: GuestMemoryBackend>(mem: &M, cmdline_size: u32) -> Result<()> {
-    let e820 = e820_entries(mem)?;
+/// Writes the zero page at `ZERO_PAGE_START` for the 64-bit boot protocol.
+///
+/// For an ELF kernel ([`BootProtocol::Linux64`]) the setup header is made
+/// up: boot flag, "HdrS", 16 MiB kernel alignment, and `cmdline_size` =
+/// the command line's length (`cmdline_len`). For a bzImage the kernel's own
+/// setup header is copied in (up to its declared end), keeping its
+/// `cmdline_size`, which the command line must not exceed. Then, for both,
+/// the loader's fields: `type_of_loader` 0xff, `cmd_line_ptr`, the initrd
+/// (`ramdisk_image`, `ramdisk_size`), the ACPI RSDP (`acpi_rsdp_addr`,
+/// boot protocol 2.14) and the e820 map.
+pub fn write_zero_page<M: GuestMemoryBackend>(
+    mem: &M,
+    cmdline_len: u32,
+    boot: &BootInfo,
+    e820: &[E820Entry],
+) -> Result<()> {
     if e820.len() > E820_MAX_ENTRIES_ZEROPAGE {
         return Err(Error::TooManyE820Entries(e820.len()));
     }
     let mut params = boot_params::default();
+    match boot.protocol {
+        BootProtocol::BzImage(hdr) => {
+            let max = hdr.cmdline_size;
+            if cmdline_len > max {
+                return Err(Error::CmdlineTooLong {
+                    len: cmdline_len as usize,
+                    max: max as usize,
+                });
+            }
+            params.hdr = hdr;
+        }
+        BootProtocol::Linux64 | BootProtocol::Pvh => {
+            params.hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
+            params.hdr.header = KERNEL_HDR_MAGIC;
+            params.hdr.kernel_alignment = KERNEL_MIN_ALIGNMENT_BYTES;
+            params.hdr.cmdline_size = cmdline_len;
+        }
+    }
     params.hdr.type_of_loader = KERNEL_LOADER_OTHER;
-    params.hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
-    params.hdr.header = KERNEL_HDR_MAGIC;
-    params.hdr.kernel_alignment = KERNEL_MIN_ALIGNMENT_BYTES;
     params.hdr.cmd_line_ptr = CMDLINE_START as u32;
-    params.hdr.cmdline_size = cmdline_size;
-    for (slot, e) in params.e820_table.iter_mut().zip(&e820) {
+    if let Some(initrd) = boot.initrd {
+        // Placed below initrd_addr_max, itself below 4 GiB.
+        params.hdr.ramdisk_image = initrd.addr.0 as u32;
+        params.hdr.ramdisk_size = initrd.size as u32;
+    }
+    params.acpi_rsdp_addr = boot.rsdp.map_or(0, |a| a.0);
+    for (slot, e) in params.e820_table.iter_mut().zip(e820) {
         *slot = boot_e820_entry {
             addr: e.addr,
             size: e.size,
@@ -167,12 +245,27 @@ pub fn write_zero_page<M: GuestMemoryBackend>(mem: &M, cmdline_size: u32) -> Res
 }
 
 /// Writes everything the guest reads from memory at boot, except the
-/// kernel itself: the command line, the zero page with the e820 map, the
-/// MP table for `num_cpus` vCPUs, the boot GDT and IDT, and the boot page
-/// tables.
-pub fn configure_system<M: GuestMemoryBackend>(mem: &M, cmdline: &str, num_cpus: u8) -> Result<()> {
-    let cmdline_size = write_cmdline(mem, cmdline)?;
-    write_zero_page(mem, cmdline_size)?;
+/// kernel, the initrd and the ACPI tables: the command line, the boot
+/// parameters of `boot.protocol` with the e820 map (the zero page, or the
+/// PVH `hvm_start_info` with its memory map and module list), the MP table
+/// for `num_cpus` vCPUs, the boot GDT and IDT, and the boot page tables.
+pub fn configure_system<M: GuestMemoryBackend>(
+    mem: &M,
+    cmdline: &str,
+    num_cpus: u8,
+    boot: &BootInfo,
+) -> Result<()> {
+    if num_cpus == 0 || num_cpus > crate::MAX_CPUS {
+        return Err(Error::InvalidCpuCount(num_cpus));
+    }
+    let cmdline_len = write_cmdline(mem, cmdline)?;
+    let e820 = e820_entries(mem)?;
+    match boot.protocol {
+        BootProtocol::Pvh => write_start_info(mem, boot, &e820)?,
+        BootProtocol::Linux64 | BootProtocol::BzImage(_) => {
+            write_zero_page(mem, cmdline_len, boot, &e820)?
+        }
+    }
     setup_mptable(mem, num_cpus)?;
     write_gdt_idt(mem)?;
     setup_page_tables(mem)
@@ -227,8 +320,13 @@ mod tests {
                 },
                 E820Entry {
                     addr: 0x9fc00,
-                    size: 0x60400,
+                    size: 0x40400,
                     kind: E820_RESERVED
+                },
+                E820Entry {
+                    addr: 0xe0000,
+                    size: 0x20000,
+                    kind: E820_ACPI
                 },
                 E820Entry {
                     addr: 0x10_0000,
@@ -246,9 +344,9 @@ mod tests {
         // hole (0xc000_0000..4 GiB), the rest above it.
         let m = mem(&[(0, 3 * GIB), (4 * GIB, GIB)]);
         let e = e820_entries(&m).unwrap();
-        assert_eq!(e.len(), 4);
+        assert_eq!(e.len(), 5);
         assert_eq!(
-            e[2],
+            e[3],
             E820Entry {
                 addr: MIB,
                 size: 3 * GIB - MIB,
@@ -256,7 +354,7 @@ mod tests {
             }
         );
         assert_eq!(
-            e[3],
+            e[4],
             E820Entry {
                 addr: 4 * GIB,
                 size: GIB,
@@ -278,14 +376,14 @@ mod tests {
         let m = mem(&[(0, 2 * MIB), (2 * MIB, 2 * MIB), (4 * GIB, MIB)]);
         let e = e820_entries(&m).unwrap();
         assert_eq!(
-            e[2],
+            e[3],
             E820Entry {
                 addr: MIB,
                 size: 3 * MIB,
                 kind: E820_RAM
             }
         );
-        assert_eq!(e[3].addr, 4 * GIB);
+        assert_eq!(e[4].addr, 4 * GIB);
         assert_eq!(e.iter().map(|e| e.size).sum::<u64>(), 5 * MIB);
     }
 
@@ -305,7 +403,7 @@ mod tests {
     fn zero_page_fields_at_boot_protocol_offsets() {
         let m = mem(&[(0, 3 * GIB), (4 * GIB, GIB)]);
         let cmdline = "console=ttyS0 reboot=k panic=1";
-        configure_system(&m, cmdline, 2).unwrap();
+        configure_system(&m, cmdline, 2, &BootInfo::default()).unwrap();
         let zp = ZERO_PAGE_START;
 
         // Documentation/arch/x86/boot.rst and zero-page.rst offsets.
@@ -326,7 +424,7 @@ mod tests {
         assert_eq!(buf[cmdline.len()], 0);
 
         // e820: count at 0x1e8, 20-byte entries at 0x2d0.
-        assert_eq!(u8_at(&m, zp + 0x1e8), 4, "e820_entries");
+        assert_eq!(u8_at(&m, zp + 0x1e8), 5, "e820_entries");
         let expected = e820_entries(&m).unwrap();
         let mut total = 0;
         for (i, e) in expected.iter().enumerate() {
@@ -337,10 +435,15 @@ mod tests {
             total += u64_at(&m, at + 8);
         }
         assert_eq!(u32_at(&m, zp + 0x2d0 + 20 + 16), E820_RESERVED);
-        assert_eq!(u64_at(&m, zp + 0x2d0 + 3 * 20), 4 * GIB);
+        assert_eq!(u32_at(&m, zp + 0x2d0 + 2 * 20 + 16), E820_ACPI);
+        assert_eq!(u64_at(&m, zp + 0x2d0 + 2 * 20), 0xe0000);
+        assert_eq!(u64_at(&m, zp + 0x2d0 + 4 * 20), 4 * GIB);
         assert_eq!(total, 4 * GIB);
         // Nothing after the last entry.
-        assert_eq!(u64_at(&m, zp + 0x2d0 + 4 * 20 + 8), 0);
+        assert_eq!(u64_at(&m, zp + 0x2d0 + 5 * 20 + 8), 0);
+        // No initrd, no RSDP.
+        assert_eq!(u32_at(&m, zp + 0x218), 0, "ramdisk_image");
+        assert_eq!(u64_at(&m, zp + 0x070), 0, "acpi_rsdp_addr");
 
         // configure_system also wrote the MP table, GDT and page tables.
         let mut mp = [0u8; 4];
@@ -351,6 +454,73 @@ mod tests {
     }
 
     #[test]
+    fn zero_page_carries_initrd_and_rsdp() {
+        let m = mem(&[(0, 256 * MIB)]);
+        let boot = BootInfo {
+            protocol: BootProtocol::Linux64,
+            initrd: Some(InitrdRange {
+                addr: GuestAddress(0xff0_0000),
+                size: 0xabcde,
+            }),
+            rsdp: Some(GuestAddress(0xe0000)),
+        };
+        configure_system(&m, "x", 1, &boot).unwrap();
+        let zp = ZERO_PAGE_START;
+        assert_eq!(u32_at(&m, zp + 0x218), 0xff0_0000, "ramdisk_image");
+        assert_eq!(u32_at(&m, zp + 0x21c), 0xabcde, "ramdisk_size");
+        assert_eq!(u64_at(&m, zp + 0x070), 0xe0000, "acpi_rsdp_addr");
+    }
+
+    #[test]
+    fn bzimage_setup_header_is_copied_into_the_zero_page() {
+        use crate::bzimage::tests::{Synth, synth};
+        let m = mem(&[(0, 256 * MIB)]);
+        let image = synth(&Synth::default());
+        let kernel = crate::load_kernel(&m, &mut std::io::Cursor::new(&image)).unwrap();
+        let boot = BootInfo {
+            initrd: Some(InitrdRange {
+                addr: GuestAddress(0x800_0000),
+                size: 0x1000,
+            }),
+            rsdp: Some(GuestAddress(0xe0000)),
+            ..BootInfo::new(&kernel)
+        };
+        configure_system(&m, "console=ttyS0", 1, &boot).unwrap();
+        let zp = ZERO_PAGE_START;
+        let mut hdr = vec![0u8; 0x26c - 0x1f1];
+        m.read_slice(&mut hdr, GuestAddress(zp + 0x1f1)).unwrap();
+        // Copied from the image except the loader's fields.
+        for off in 0x1f1..0x26c {
+            let loader_field = matches!(off, 0x210 | 0x214..=0x21f | 0x228..=0x22b);
+            if !loader_field {
+                assert_eq!(hdr[off - 0x1f1], image[off], "byte {off:#x}");
+            }
+        }
+        assert_eq!(u8_at(&m, zp + 0x210), 0xff, "type_of_loader");
+        assert_eq!(u32_at(&m, zp + 0x214), 0x100_0000, "code32_start");
+        assert_eq!(u32_at(&m, zp + 0x218), 0x800_0000, "ramdisk_image");
+        assert_eq!(u32_at(&m, zp + 0x21c), 0x1000, "ramdisk_size");
+        assert_eq!(u32_at(&m, zp + 0x228), 0x20000, "cmd_line_ptr");
+        assert_eq!(u32_at(&m, zp + 0x238), 2047, "the kernel's cmdline_size");
+        assert_eq!(u64_at(&m, zp + 0x070), 0xe0000, "acpi_rsdp_addr");
+        assert_eq!(u8_at(&m, zp + 0x1e8), 4, "e820_entries");
+
+        // The kernel's cmdline_size is the limit.
+        let long = "x".repeat(2048);
+        let err = configure_system(&m, &long, 1, &boot).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::CmdlineTooLong {
+                    len: 2048,
+                    max: 2047
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
     fn cmdline_limits() {
         let m = mem(&[(0, 16 * MIB)]);
         let longest = "a".repeat(CMDLINE_MAX_SIZE - 1);
@@ -358,7 +528,7 @@ mod tests {
         assert_eq!(u8_at(&m, CMDLINE_START + 4095), 0);
 
         let too_long = "a".repeat(CMDLINE_MAX_SIZE);
-        let err = configure_system(&m, &too_long, 1).unwrap_err();
+        let err = configure_system(&m, &too_long, 1, &BootInfo::default()).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -370,10 +540,11 @@ mod tests {
             "{err}"
         );
 
-        let err = configure_system(&m, "console=ttyS0\0init=/bin/sh", 1).unwrap_err();
+        let err = configure_system(&m, "console=ttyS0\0init=/bin/sh", 1, &BootInfo::default())
+            .unwrap_err();
         assert!(matches!(err, Error::CmdlineNul(13)), "{err}");
 
-        let err = configure_system(&m, "root=/dev/vda\tro", 1).unwrap_err();
+        let err = configure_system(&m, "root=/dev/vda\tro", 1, &BootInfo::default()).unwrap_err();
         assert!(matches!(err, Error::Cmdline(_)), "{err}");
 
         assert_eq!(write_cmdline(&m, "").unwrap(), 0);
@@ -384,11 +555,11 @@ mod tests {
     fn configure_system_checks_cpu_count() {
         let m = mem(&[(0, 16 * MIB)]);
         assert!(matches!(
-            configure_system(&m, "", 0),
+            configure_system(&m, "", 0, &BootInfo::default()),
             Err(Error::InvalidCpuCount(0))
         ));
         assert!(matches!(
-            configure_system(&m, "", 33),
+            configure_system(&m, "", 33, &BootInfo::default()),
             Err(Error::InvalidCpuCount(33))
         ));
     }

@@ -1,11 +1,13 @@
-//! Port-I/O and MMIO buses, serial console, i8042 reset line and the exit
-//! device.
+//! Port-I/O and MMIO buses, serial console, i8042 reset line, the ACPI
+//! power-off/reset registers and the exit device.
 //!
 //! A [`Bus`] maps address ranges to [`BusDevice`]s; a VMM keeps one for
 //! I/O ports and one for MMIO, and dispatches the vCPUs' I/O and MMIO exits
 //! to them. The legacy devices are [`Serial`] (COM1, a 16550A UART from
-//! vm-superio), [`I8042`] (only its CPU reset command) and [`ExitDevice`]
-//! (the guest reports a status code and ends the VM). Devices signal the VMM
+//! vm-superio), [`I8042`] (only its CPU reset command), [`AcpiPmDevice`]
+//! (the FADT's sleep control and reset registers: ACPI power-off and
+//! reboot) and [`ExitDevice`] (the guest reports a status code and ends the
+//! VM). Devices signal the VMM
 //! (interrupts, reset, exit) through `EventFd`s; this crate does not know
 //! the hypervisor.
 //!
@@ -34,6 +36,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod acpi;
 pub mod bus;
 mod error;
 pub mod exit;
@@ -41,6 +44,7 @@ pub mod i8042;
 pub mod serial;
 mod trigger;
 
+pub use acpi::{ACPI_PM_PORT, ACPI_PM_PORT_LEN, ACPI_RESET_VALUE, AcpiPmDevice, S5_SLEEP_TYPE};
 pub use bus::{Bus, BusDevice, SharedBusDevice};
 pub use error::{Error, Result};
 pub use exit::{EXIT_PORT, EXIT_PORT_LEN, ExitDevice};
