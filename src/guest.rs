@@ -6,22 +6,53 @@
 //!
 //! # What the VMM must give it
 //!
-//! The Linux 64-bit boot protocol, as for a kernel:
+//! Its ELF can be entered either way a Linux kernel's can; the VMM chooses:
+//!
+//! - **PVH** (Xen's x86/HVM direct boot ABI): the ELF has a `PT_NOTE` with
+//!   the Xen note `XEN_ELFNOTE_PHYS32_ENTRY` (type 18, name `"Xen"`, a
+//!   4-byte physical entry address). The boot CPU starts there in 32-bit
+//!   protected mode, paging off, flat 4 GiB code and data segments, CPL0,
+//!   interrupts off, EBX = physical address of `struct hvm_start_info`
+//!   (magic `0x336ec578`, version 1 or later: the guest reads the memory map
+//!   from `memmap_paddr`/`memmap_entries`, the command line from
+//!   `cmdline_paddr` and the RSDP from `rsdp_paddr`). The VMM builds no page
+//!   tables for it: the guest switches to long mode on identity tables that
+//!   are part of its image (`0..4 GiB`, 2 MiB pages, User bit set).
+//! - **the Linux 64-bit boot protocol**: entry at `e_entry` in long mode at
+//!   CPL0, paging on with `0..4 GiB` identity-mapped by 2 MiB pages whose
+//!   entries have the User bit set at every level (the guest runs at CPL3
+//!   and touches the zero page, the MP table, the ACPI tables and the local
+//!   APIC page), the page tables below 4 GiB; RSI = zero page
+//!   (`boot_params`, whose `acpi_rsdp_addr` may give the RSDP), interrupts
+//!   off, EFER = LME | LMA.
+//!
+//! Either way:
 //!
 //! - every `PT_LOAD` of [`ELF`] loaded at its `p_paddr`: the image at
 //!   `0x100000` and the application-processor trampoline at `0x8000`
-//!   (SIPI vector `0x08`; the guest uses no other low memory), entry at
-//!   `e_entry`;
-//! - long mode at CPL0, paging on with `0..4 GiB` identity-mapped by 2 MiB
-//!   pages whose entries have the User bit set at every level (the guest runs
-//!   at CPL3 and touches the zero page, the MP table and the local APIC
-//!   page), the page tables below 4 GiB; RSI = zero page (`boot_params`),
-//!   interrupts off, EFER = LME | LMA;
+//!   (SIPI vector `0x08`; the guest uses no other low memory);
 //! - `vmkit.mem_mib=<M> vmkit.cpus=<N>` on the command line (M = guest RAM in
-//!   MiB, N = vCPUs), the e820 map in the zero page adding up to exactly M
-//!   MiB with no RAM in the `0xc000_0000..4 GiB` hole, and an MP table
-//!   (floating pointer in `0x9fc00..0xa0000` or `0xf0000..0x100000`) listing
-//!   the N CPUs;
+//!   MiB, N = vCPUs), the e820 map (zero page) or memory map (start_info)
+//!   adding up to exactly M MiB with no RAM in the `0xc000_0000..4 GiB` hole,
+//!   and an MP table (floating pointer in `0x9fc00..0xa0000` or
+//!   `0xf0000..0x100000`) listing the N CPUs;
+//! - ACPI tables as Linux reads them: an RSDP (given by the boot structure,
+//!   else found on a 16-byte boundary in the EBDA's first KiB or
+//!   `0xe0000..0xfffff`) with valid checksums, revision 2 with an XSDT (or
+//!   revision 0 with an RSDT), every listed table and the DSDT with a sane
+//!   length and a zero checksum; a MADT listing the same N enabled CPUs as
+//!   the MP table (local APIC or x2APIC entries), the MP table's local APIC
+//!   address and an IOAPIC; a FADT that is HW-reduced (or has a PM1a control
+//!   block) and whose X_DSDT (or DSDT) leads to the DSDT; in the DSDT, one
+//!   `Device` with `_HID` `"LNRO0005"` (a String or an EISAID) per
+//!   `virtio_mmio.device=` argument, whose `_CRS` is a Buffer (not a method)
+//!   holding one Memory32Fixed with the same base and size and an Extended
+//!   Interrupt (or IRQ) descriptor with the same irq; and, if the FADT has a
+//!   sleep control register, a `\_S5_` package. The DSDT's AML is walked, not
+//!   evaluated: at namespace level only Scope, Device, Name, Method, Alias,
+//!   External, If/Else/While, OpRegion (constant operands), Field,
+//!   IndexField, BankField, Processor, PowerResource, ThermalZone, Mutex and
+//!   Event may appear (anything else is a `FAIL` naming the opcode);
 //! - an in-kernel local APIC per vCPU; the application processors wait for
 //!   INIT/SIPI (KVM_RUN may return EAGAIN while they wait);
 //! - a 16550 UART at [`SERIAL_PORT`] (only the transmit register is
@@ -46,7 +77,10 @@
 //!
 //! # What it does
 //!
-//! The CPL0 part, 21 instructions of assembly on the boot CPU, loads its own
+//! The CPL0 part on the boot CPU is assembly: 21 instructions after the
+//! 64-bit entry; 31 after the PVH entry (12 in 32-bit mode to reach long mode
+//! on the image's page tables: CR4, CR3, EFER.LME, CR0, GDT, far jump; then
+//! 3 to join the 64-bit path). It loads its own
 //! GDT, IDT and TSS (whose I/O bitmap opens exactly [`SERIAL_PORT`],
 //! [`EXIT_PORT`], the PIT `0x40..=0x43` and port `0x61` to CPL3) and
 //! `iretq`s to CPL3 with IF set, where every check runs (the application
@@ -58,12 +92,18 @@
 //! `FAIL <check>: <why>`, in this order:
 //!
 //! ```text
-//! ok boot-params: zero page at 0x7000, boot_flag 0xaa55, header HdrS, type_of_loader 0xff
+//! ok boot-params: zero page at 0x7000, boot_flag 0xaa55, header HdrS, type_of_loader 0xff   (64-bit entry)
+//! ok pvh: start_info at 0x<a>, version <v>, <n> memmap entries, cmdline at 0x<c>, <m> modules   (PVH entry)
 //! ok cmdline: <the command line exactly as received>
 //! ok e820: <n> entries cover <M> MiB
 //! ok mptable: <N> CPUs, BSP apic id <id>
 //! ok cpu<k>: online at CPL3 (apic id <id>)        (one per AP, k = 1..N-1, any order)
 //! ok smp: <N> of <N> CPUs online
+//! ok acpi: RSDP at 0x<a> rev <r>, XSDT with <n> tables: <signatures in XSDT order> DSDT
+//! ok madt: <N> CPUs, IOAPIC at 0x<a>
+//! ok fadt: rev <major>.<minor>, HW-reduced, X_DSDT -> DSDT at 0x<a> (<len> bytes)
+//! ok acpi-virtio: <k> LNRO0005 devices: 0x<base>:<irq> ...     (DSDT order)
+//! ok acpi-s5: sleep control register at <SystemIO|SystemMemory>:0x<a>   (if the FADT has one)
 //! then, for each disk<i> in turn:
 //! ok blk-init: disk<i> virtio-mmio at 0x<base> irq <n>, features 0x<negotiated>
 //! ok blk-read: disk<i> sectors=<capacity> crc32=<8 hex digits>
@@ -91,7 +131,14 @@
 //!
 //! The `cpu<k>` lines are printed by the application processors and are not
 //! counted; neither are the `bench`, `net-tcp-send MiB/s` and `net-stats`
-//! lines. Without disks and `vmkit.*` network parameters P + F is always 5;
+//! lines. Without disks and `vmkit.*` network parameters P + F is always 9,
+//! plus 1 when the FADT has a sleep control register (`acpi-s5`). For a VMM
+//! that describes the same machine both ways, the two entries print the same
+//! lines but the first (`boot-params` or `pvh`). The `fadt` line says `PM1a
+//! control block` instead of `HW-reduced`, and `DSDT ->` instead of `X_DSDT
+//! ->` when X_DSDT is 0, where that is the case. Without ACPI tables the guest prints
+//! `FAIL acpi: no RSDP found` and `madt`, `fadt` and `acpi-virtio` fail with
+//! `no valid ACPI tables`;
 //! each disk adds 5 (6 if read-only; 1 if `blk-init` fails) plus 1 or 4 per
 //! `vmkit.fill`; each net device adds 1 (`net-init`) and net0 one per check
 //! asked for; each malformed network parameter adds 1. The guest
@@ -211,6 +258,12 @@ pub const EXIT_PANIC: u32 = 0xfe;
 /// vector `0x08`); the ELF has a `PT_LOAD` there.
 pub const TRAMPOLINE_ADDR: u64 = 0x8000;
 
+/// The guest's AML walker, compiled for the host so that its unit tests
+/// run with `cargo test` (the guest itself has no test harness).
+#[cfg(test)]
+#[path = "../crates/guest/src/aml.rs"]
+mod guest_aml;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,6 +276,23 @@ mod tests {
     }
     fn u64_at(off: usize) -> u64 {
         u64::from_le_bytes(ELF[off..off + 8].try_into().unwrap())
+    }
+
+    /// (p_type, p_flags, p_offset, p_filesz) of every program header.
+    fn program_header_files() -> Vec<(u32, u32, usize, usize)> {
+        let (phoff, phentsize, phnum) =
+            (u64_at(0x20) as usize, u16_at(0x36) as usize, u16_at(0x38));
+        (0..usize::from(phnum))
+            .map(|i| {
+                let ph = phoff + i * phentsize;
+                (
+                    u32_at(ph),
+                    u32_at(ph + 4),
+                    u64_at(ph + 8) as usize,
+                    u64_at(ph + 0x20) as usize,
+                )
+            })
+            .collect()
     }
 
     /// (p_type, p_paddr, p_filesz, p_memsz) of every program header.
@@ -280,6 +350,185 @@ mod tests {
                 "PT_LOAD at {:#x} uses low memory reserved for boot structures",
                 ph.1
             );
+        }
+    }
+
+    #[test]
+    fn elf_has_a_pvh_entry_note_pointing_into_its_code() {
+        const PT_LOAD: u32 = 1;
+        const PT_NOTE: u32 = 4;
+        const PF_X: u32 = 1;
+        const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
+        let phs = program_header_files();
+        let mut entries = Vec::new();
+        for &(_, _, offset, size) in phs.iter().filter(|ph| ph.0 == PT_NOTE) {
+            let mut at = offset;
+            while at + 12 <= offset + size {
+                let (namesz, descsz, kind) =
+                    (u32_at(at) as usize, u32_at(at + 4) as usize, u32_at(at + 8));
+                let name = &ELF[at + 12..at + 12 + namesz];
+                let desc = at + 12 + namesz.next_multiple_of(4);
+                if kind == XEN_ELFNOTE_PHYS32_ENTRY && name == b"Xen\0" {
+                    assert!(descsz >= 4, "PHYS32_ENTRY descriptor of {descsz} bytes");
+                    entries.push(u64::from(u32_at(desc)));
+                }
+                at = desc + descsz.next_multiple_of(4);
+            }
+        }
+        assert_eq!(entries.len(), 1, "one Xen PHYS32_ENTRY note: {entries:x?}");
+        let entry = entries[0];
+        assert_ne!(entry, u64_at(0x18), "the PVH entry is the 32-bit one");
+        let in_code = program_headers().iter().zip(&phs).any(
+            |(&(kind, paddr, filesz, _), &(_, flags, _, _))| {
+                kind == PT_LOAD && flags & PF_X != 0 && (paddr..paddr + filesz).contains(&entry)
+            },
+        );
+        assert!(
+            in_code,
+            "PVH entry {entry:#x} is not in an executable PT_LOAD"
+        );
+    }
+
+    mod aml {
+        use super::super::guest_aml::{Crs, Error, Hid, resources, walk};
+
+        /// `op`, then a PkgLength covering itself and `body`, then `body`.
+        fn pkg(op: &[u8], body: &[u8]) -> Vec<u8> {
+            let mut v = op.to_vec();
+            let len = body.len() + 1;
+            if len < 0x40 {
+                v.push(len as u8);
+            } else {
+                let len = len + 1;
+                assert!(len < 0x1000);
+                v.extend([0x40 | (len & 0xf) as u8, (len >> 4) as u8]);
+            }
+            v.extend(body);
+            v
+        }
+
+        fn name(seg: &[u8; 4], data: &[u8]) -> Vec<u8> {
+            [&[0x08][..], seg, data].concat()
+        }
+
+        fn string(s: &str) -> Vec<u8> {
+            [&[0x0d], s.as_bytes(), &[0]].concat()
+        }
+
+        /// A resource template buffer: Memory32Fixed(base, 4 KiB), Extended
+        /// Interrupt(irq), End Tag.
+        fn crs(base: u32, irq: u32) -> Vec<u8> {
+            let mut rt = vec![0x86, 9, 0, 1];
+            rt.extend(base.to_le_bytes());
+            rt.extend(0x1000u32.to_le_bytes());
+            rt.extend([0x89, 6, 0, 0x03, 1]);
+            rt.extend(irq.to_le_bytes());
+            rt.extend([0x79, 0]);
+            pkg(&[0x11], &[&[0x0a, rt.len() as u8][..], &rt].concat())
+        }
+
+        /// `\_S5_`, then `Scope(\_SB) { Device(V000) {..}; Device(COM1)
+        /// {..}; Method(MTHD) {..} }`, as acpi_tables and iasl lay them out.
+        fn dsdt() -> (Vec<u8>, usize) {
+            let mut aml = name(b"_S5_", &pkg(&[0x12], &[1, 0x0a, 5]));
+            aml.insert(1, b'\\');
+            let s5_end = aml.len();
+            let v000 = [
+                &b"V000"[..],
+                &name(b"_HID", &string("LNRO0005")),
+                &name(b"_UID", &[0x00]),
+                &name(b"_CRS", &crs(0xc000_0000, 5)),
+            ]
+            .concat();
+            let com1 = [
+                &b"COM1"[..],
+                &name(b"_HID", &[0x0c, 0x41, 0xd0, 0x05, 0x01]),
+            ]
+            .concat();
+            let method = pkg(&[0x14], &[&b"MTHD"[..], &[0x00, 0xa4, 0x01]].concat());
+            let scope = [
+                &b"\\_SB_"[..],
+                &pkg(&[0x5b, 0x82], &v000),
+                &pkg(&[0x5b, 0x82], &com1),
+                &method,
+            ]
+            .concat();
+            aml.extend(pkg(&[0x10], &scope));
+            (aml, s5_end)
+        }
+
+        #[test]
+        fn finds_devices_their_hid_and_crs_and_s5() {
+            let (aml, _) = dsdt();
+            let mut seen = Vec::new();
+            let summary = walk(&aml, &mut |d| seen.push(*d)).unwrap();
+            assert_eq!(summary.devices, 2);
+            assert_eq!(summary.s5, Some(true));
+            assert_eq!(seen[0].name, *b"V000");
+            assert_eq!(aml[seen[0].offset..seen[0].offset + 2], [0x5b, 0x82]);
+            assert!(matches!(seen[0].hid, Some(Hid::String(b"LNRO0005"))));
+            assert!(seen[0].hid.unwrap().is("LNRO0005"));
+            let Some(Crs::Buffer(buf)) = seen[0].crs else {
+                panic!("V000 has no _CRS buffer");
+            };
+            let res = resources(buf).unwrap();
+            assert_eq!(res.memory, Some((0xc000_0000, 0x1000)));
+            assert_eq!(
+                (res.memory_count, res.irq(), res.irq_count),
+                (1, Some(5), 1)
+            );
+            assert_eq!(seen[1].name, *b"COM1");
+            assert!(seen[1].hid.unwrap().is("PNP0501"), "EISAID decoded");
+            assert!(seen[1].crs.is_none());
+        }
+
+        #[test]
+        fn a_cut_anywhere_inside_a_package_is_an_error_never_a_panic() {
+            let (aml, s5_end) = dsdt();
+            for len in s5_end + 1..aml.len() {
+                let r = walk(&aml[..len], &mut |_| {});
+                assert!(r.is_err(), "cut at {len} of {} walked", aml.len());
+            }
+            assert!(walk(&aml[..s5_end], &mut |_| {}).is_ok());
+        }
+
+        #[test]
+        fn a_package_longer_than_its_parent_is_truncated() {
+            let (mut aml, s5_end) = dsdt();
+            // The Scope's PkgLength (2 bytes) claims 16 more bytes.
+            aml[s5_end + 1] += 1;
+            assert!(matches!(
+                walk(&aml, &mut |_| {}),
+                Err(Error::Truncated(at)) if at == s5_end + 1
+            ));
+        }
+
+        #[test]
+        fn an_unknown_namespace_opcode_is_named_with_its_offset() {
+            let (mut aml, s5_end) = dsdt();
+            aml.truncate(s5_end);
+            aml.extend([0x70, 0x01, 0x60]); // Store(One, Local0)
+            assert!(matches!(
+                walk(&aml, &mut |_| {}),
+                Err(Error::Unsupported(0x70, at)) if at == s5_end
+            ));
+        }
+
+        #[test]
+        fn resource_templates_need_an_end_tag_and_whole_descriptors() {
+            let template = |crs: Vec<u8>| crs[4..].to_vec(); // after 11 <len> 0a <n>
+            let good = template(crs(0xd000_0000, 7));
+            assert!(resources(&good).is_ok());
+            assert!(matches!(
+                resources(&good[..good.len() - 2]),
+                Err(("no End Tag", _))
+            ));
+            for len in 1..good.len() - 2 {
+                assert!(resources(&good[..len]).is_err(), "cut at {len}");
+            }
+            let mut bad_count = good.clone();
+            bad_count[16] = 2; // Extended Interrupt claims 2 interrupts
+            assert!(resources(&bad_count).is_err());
         }
     }
 }

@@ -3,8 +3,13 @@
 //! Offsets are those of Documentation/arch/x86/zero-page.rst and boot.rst.
 
 use crate::Report;
+use crate::e820::{E820_MAX, E820Map};
+
+const _: () = assert!(E820_TABLE + E820_MAX as u64 * E820_ENTRY_SIZE <= SIZE);
 use crate::mem;
 
+/// `acpi_rsdp_addr`: the ACPI RSDP, if the loader knows it (0: unknown).
+const ACPI_RSDP_ADDR: u64 = 0x070;
 /// `ext_cmd_line_ptr`: upper 32 bits of the command line address.
 const EXT_CMD_LINE_PTR: u64 = 0x0c8;
 /// `e820_entries`: number of entries in `e820_table`.
@@ -28,10 +33,8 @@ const BOOT_FLAG_MAGIC: u16 = 0xaa55;
 const HEADER_MAGIC: u32 = u32::from_le_bytes(*b"HdrS");
 const LOADER_UNDEFINED: u8 = 0xff;
 
-/// Most e820 entries the zero page holds (`E820_MAX_ENTRIES_ZEROPAGE`).
-pub const E820_MAX: usize = 128;
 /// Size of one `struct boot_e820_entry`.
-pub const E820_ENTRY_SIZE: u64 = 20;
+const E820_ENTRY_SIZE: u64 = 20;
 
 /// A zero page at a validated address.
 #[derive(Clone, Copy)]
@@ -109,47 +112,47 @@ impl BootParams {
                 format_args!("cmd_line_ptr {ptr:#x} + cmdline_size {size} is not in low memory"),
             );
         }
-        let bytes = mem::bytes(ptr, size + 1);
-        let Some(len) = bytes.iter().position(|&b| b == 0) else {
-            return r.fail(
-                CHECK,
-                format_args!(
-                    "no NUL within cmdline_size + 1 = {} bytes at {ptr:#x}",
-                    size + 1
-                ),
-            );
-        };
-        let line = &bytes[..len];
-        if let Some(at) = line.iter().position(|b| !(0x20..=0x7e).contains(b)) {
-            return r.fail(
-                CHECK,
-                format_args!(
-                    "byte {:#04x} at offset {at} is not printable ASCII",
-                    line[at]
-                ),
-            );
-        }
-        // Printable ASCII is UTF-8.
-        let line = core::str::from_utf8(line).ok()?;
-        r.pass(CHECK, format_args!("{line}"));
-        Some(line)
+        check_cmdline_at(ptr, size + 1, "cmdline_size + 1", r)
     }
 
-    /// The e820 entry count (`e820_entries`), unchecked.
-    pub fn e820_count(&self) -> usize {
-        usize::from(self.u8(E820_ENTRIES))
+    /// `acpi_rsdp_addr` (0: not given).
+    pub fn rsdp(&self) -> u64 {
+        self.u64(ACPI_RSDP_ADDR)
     }
 
-    /// Entry `i` of `e820_table` as (address, size, type); `i < E820_MAX`.
-    pub fn e820_entry(&self, i: usize) -> (u64, u64, u32) {
-        assert!(i < E820_MAX);
-        let offset = E820_TABLE + i as u64 * E820_ENTRY_SIZE;
-        (
-            self.u64(offset),
-            self.u64(offset + 8),
-            self.u32(offset + 16),
-        )
+    /// The e820 map (`e820_entries` entries of `e820_table`, all inside the
+    /// zero page).
+    pub fn e820_map(&self) -> E820Map {
+        let count = usize::from(self.u8(E820_ENTRIES));
+        E820Map::new(count, self.base + E820_TABLE, E820_ENTRY_SIZE)
     }
+}
+
+/// The rest of check `cmdline` for the line at `ptr`: a NUL within `limit`
+/// readable bytes (`what` names the limit), printable ASCII only.
+pub fn check_cmdline_at(ptr: u64, limit: u64, what: &str, r: &mut Report) -> Option<&'static str> {
+    const CHECK: &str = "cmdline";
+    let bytes = mem::bytes(ptr, limit);
+    let Some(len) = bytes.iter().position(|&b| b == 0) else {
+        return r.fail(
+            CHECK,
+            format_args!("no NUL within {limit} bytes ({what}) at {ptr:#x}"),
+        );
+    };
+    let line = &bytes[..len];
+    if let Some(at) = line.iter().position(|b| !(0x20..=0x7e).contains(b)) {
+        return r.fail(
+            CHECK,
+            format_args!(
+                "byte {:#04x} at offset {at} is not printable ASCII",
+                line[at]
+            ),
+        );
+    }
+    // Printable ASCII is UTF-8.
+    let line = core::str::from_utf8(line).ok()?;
+    r.pass(CHECK, format_args!("{line}"));
+    Some(line)
 }
 
 /// The value of `key=value` on the command line (last one wins, as in Linux).

@@ -4,7 +4,11 @@
 //! guest kernel-mode code goes through KVM's instruction emulator (about one
 //! million instructions a second, and some instructions are not emulated at
 //! all). So CPL0 does the least it can: load our own GDT, IDT and TSS, then
-//! `iretq` to CPL3, where the Rust code runs natively.
+//! `iretq` to CPL3, where the Rust code runs natively: 21 instructions from
+//! the 64-bit boot protocol's entry (`_start`), 31 from the PVH entry
+//! (`vmkit_pvh_start`, named by the image's Xen `PHYS32_ENTRY` note: 12
+//! instructions of 32-bit code reach long mode on page tables that are part
+//! of the image, 3 more join `_start`'s path).
 //!
 //! The descriptor tables live at fixed addresses (`linker.ld` places them and
 //! asserts the addresses), so the assembler computes every TSS descriptor and
@@ -19,6 +23,8 @@
 //! | `0x102000` | GDT: null, kernel code, kernel data, user data, user code, TSS descriptors |
 //! | `0x102400` | IDT: 32 exception gates, 16 absent, [`IRQ_PINS`] IRQ gates (vectors `0x30..`) |
 //! | `0x103000` | 32 exception stubs, then [`IRQ_PINS`] IRQ stubs, 16 bytes apart, then code |
+//! | `.rodata`  | the Xen PVH note first (its own `PT_NOTE`)               |
+//! | `.data`    | the PVH entry's page tables (PML4, PDPT, 4 PDs: `0..4 GiB` by 2 MiB pages, User) |
 //!
 //! Device interrupts: IOAPIC pin `p` is routed (by `irq`) to vector
 //! [`IRQ_VECTOR_BASE`]` + p`, whose gate leads to a 15-instruction CPL0
@@ -85,6 +91,16 @@ const USER_RFLAGS: u64 = 0x3002;
 /// RFLAGS of the BSP at CPL3: as [`USER_RFLAGS`] plus IF, so it takes device
 /// interrupts (`sti` at CPL3 raises #GP on this host).
 const USER_RFLAGS_BSP: u64 = USER_RFLAGS | 1 << 9;
+
+/// Page-table entry of a table: Present | Writable | User.
+const PTE_TABLE: u64 = 1 | 1 << 1 | 1 << 2;
+/// Page-directory entry of a 2 MiB page: [`PTE_TABLE`] | PageSize.
+const PTE_PAGE_2M: u64 = PTE_TABLE | 1 << 7;
+
+/// `bsp_main`'s second argument after the PVH entry (the 64-bit entry
+/// passes the zero page address twice instead): not an address, so the two
+/// cannot be confused.
+pub const PVH_TAG: u64 = u64::MAX;
 
 /// Serial port (16550 THR) used by the exception handler.
 pub const COM1: u16 = 0x3f8;
@@ -212,6 +228,47 @@ vmkit_idtr:
     .quad {idt_base}
     .popsection
 
+    /*
+     * The PVH entry's page tables, complete in the image: 0..4 GiB
+     * identity-mapped by 2 MiB pages, Present | Writable | User at every
+     * level (CPL3 touches the boot structures, the APICs and the virtio-mmio
+     * windows). The VMM's tables serve the 64-bit boot protocol instead.
+     */
+    .pushsection .data.vmkit_pvh_tables, "aw", @progbits
+    .balign 4096
+    .global vmkit_pvh_pml4
+vmkit_pvh_pml4:
+    .quad vmkit_pvh_pdpt + {table_flags}
+    .fill 511, 8, 0
+vmkit_pvh_pdpt:
+    .set vmkit_i, 0
+    .rept 4
+    .quad vmkit_pvh_pd + (vmkit_i << 12) + {table_flags}
+    .set vmkit_i, vmkit_i + 1
+    .endr
+    .fill 508, 8, 0
+vmkit_pvh_pd:
+    .set vmkit_i, 0
+    .rept 4 * 512
+    .quad (vmkit_i << 21) | {page_2m_flags}
+    .set vmkit_i, vmkit_i + 1
+    .endr
+    .popsection
+
+    /*
+     * Xen's PHYS32_ENTRY note (public/elfnote.h, XEN_ELFNOTE_PHYS32_ENTRY =
+     * 18): the 32-bit physical address of the PVH entry. `linker.ld` gives it
+     * a PT_NOTE program header.
+     */
+    .pushsection .note.Xen, "a", @note
+    .balign 4
+    .long 4                         /* namesz: "Xen\0" */
+    .long 4                         /* descsz */
+    .long 18                        /* type: XEN_ELFNOTE_PHYS32_ENTRY */
+    .asciz "Xen"
+    .long vmkit_pvh_start
+    .popsection
+
     .pushsection .data.vmkit_ap_ticket, "aw", @progbits
     .balign 4
 vmkit_ap_ticket:                    /* next AP's CPU index; the BSP is 0 */
@@ -243,6 +300,8 @@ vmkit_ustacks:
     irq_vector_base = const IRQ_VECTOR_BASE,
     irq_pins = const IRQ_PINS,
     irq_stubs_base = const IRQ_STUBS_BASE,
+    table_flags = const PTE_TABLE,
+    page_2m_flags = const PTE_PAGE_2M,
     options(att_syntax),
 );
 
@@ -286,11 +345,13 @@ vmkit_irq_stubs:
      */
     .global _start
 _start:
-    lea vmkit_kstacks + (1 << {kstack_shift})(%rip), %rsp
+    mov %rsi, %rdi                  /* bsp_main(zero page, zero page) */
     mov %cr4, %rax
     or ${cr4_bits}, %eax
     mov %rax, %cr4
     lgdt vmkit_gdtr(%rip)
+vmkit_bsp_common:                   /* %rdi, %rsi: bsp_main's arguments */
+    lea vmkit_kstacks + (1 << {kstack_shift})(%rip), %rsp
     lidt vmkit_idtr(%rip)
     mov ${kernel_ds}, %eax
     mov %ax, %ds
@@ -300,13 +361,40 @@ _start:
     ltr %ax
     mov %cr3, %rax
     mov %eax, vmkit_ap_cr3(%rip)
-    mov %rsi, %rdi
     pushq ${user_ds}
     pushq $vmkit_ustacks + (1 << {ustack_shift}) - 8
     pushq ${user_rflags_bsp}
     pushq ${user_cs}
     pushq ${bsp_main}
     iretq
+
+    /*
+     * BSP entry (PVH boot protocol, the address in the Xen PHYS32_ENTRY note):
+     * 32-bit protected mode, paging off, %ebx = struct hvm_start_info. Our
+     * static identity map (vmkit_pvh_pml4), PAE, EFER.LME, CR0.PG|PE, our
+     * GDT, a far jump to the 64-bit kernel code segment, then the rest of the
+     * BSP entry with bsp_main(start_info, PVH_TAG).
+     */
+    .code32
+    .global vmkit_pvh_start
+vmkit_pvh_start:
+    mov ${cr4_bits}, %eax
+    mov %eax, %cr4
+    mov $vmkit_pvh_pml4, %eax
+    mov %eax, %cr3
+    mov $0xc0000080, %ecx           /* EFER */
+    mov $0x100, %eax                /* LME */
+    xor %edx, %edx
+    wrmsr
+    mov ${cr0_ap}, %eax
+    mov %eax, %cr0
+    lgdtl vmkit_gdtr                /* limit and the low 32 bits of the base */
+    ljmpl ${kernel_cs}, $vmkit_pvh_entry64
+    .code64
+vmkit_pvh_entry64:
+    mov %ebx, %edi                  /* zero-extends: the start_info address */
+    mov ${pvh_tag}, %rsi
+    jmp vmkit_bsp_common
 
     /*
      * AP entry in 64-bit mode, from the trampoline: take a CPU index from the
@@ -503,6 +591,7 @@ vmkit_trampoline_end:
     com1 = const COM1,
     exit_port = const EXIT_PORT,
     exit_exception = const EXIT_EXCEPTION,
+    pvh_tag = const PVH_TAG,
     bsp_main = sym crate::bsp_main,
     ap_main = sym crate::smp::ap_main,
     options(att_syntax),

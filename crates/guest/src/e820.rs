@@ -1,19 +1,61 @@
-//! The e820 memory map in the zero page.
+//! The e820 memory map: the zero page's, or the PVH start_info's memory map
+//! (same entry types).
 
 use crate::Report;
-use crate::bootparams::{BootParams, E820_MAX};
 use crate::cpu;
+use crate::mem;
 use crate::mem::{MIB, MMIO_HOLE_END, MMIO_HOLE_START};
 
 /// Usable RAM.
 const E820_RAM: u32 = 1;
 
+/// Most e820 entries checked (the zero page holds 128,
+/// `E820_MAX_ENTRIES_ZEROPAGE`; a longer PVH memory map fails the check).
+pub const E820_MAX: usize = 128;
+
+/// A memory map in guest memory: `count` entries `stride` bytes apart
+/// from `table`, each starting with address (u64), size (u64) and type
+/// (u32), the layout of both `boot_e820_entry` and `hvm_memmap_table_entry`.
+#[derive(Clone, Copy)]
+pub struct E820Map {
+    /// The entry count the boot structure claims (may exceed [`E820_MAX`]).
+    count: usize,
+    table: u64,
+    stride: u64,
+}
+
+impl E820Map {
+    /// The map of `count` entries at `table`; the caller has checked that
+    /// the first `min(count, E820_MAX)` entries are readable.
+    pub fn new(count: usize, table: u64, stride: u64) -> Self {
+        Self {
+            count,
+            table,
+            stride,
+        }
+    }
+
+    fn e820_count(&self) -> usize {
+        self.count
+    }
+
+    /// Entry `i < min(count, E820_MAX)` as (address, size, type).
+    fn e820_entry(&self, i: usize) -> (u64, u64, u32) {
+        let entry = self.table + i as u64 * self.stride;
+        (
+            mem::read(entry),
+            mem::read(entry + 8),
+            mem::read(entry + 16),
+        )
+    }
+}
+
 /// Check `e820`: entries sorted and disjoint, no RAM in the MMIO hole, this
 /// image inside RAM, and the sizes adding up to `vmkit.mem_mib` MiB.
-pub fn check(bp: Option<BootParams>, mem_mib: Option<&str>, r: &mut Report) -> Option<()> {
+pub fn check(bp: Option<E820Map>, mem_mib: Option<&str>, r: &mut Report) -> Option<()> {
     const CHECK: &str = "e820";
     let Some(bp) = bp else {
-        return r.fail(CHECK, format_args!("no usable boot_params"));
+        return r.fail(CHECK, format_args!("no usable boot_params or start_info"));
     };
     let Some(mem_mib) = mem_mib else {
         return r.fail(

@@ -1,8 +1,10 @@
 //! vmkit's minimal guest.
 //!
-//! Booted by a vmkit VMM with the Linux 64-bit boot protocol, it checks what
-//! the VMM built (zero page, command line, e820 map, MP table), starts every
-//! CPU, drives its virtio-mmio disks ([`blk`]) and network devices ([`net`],
+//! Booted by a vmkit VMM with the PVH boot protocol (its ELF has the Xen
+//! PHYS32_ENTRY note) or the Linux 64-bit boot protocol, it checks what the
+//! VMM built (start_info or zero page, command line, e820 map, MP table,
+//! ACPI tables: [`acpi`], with the DSDT's AML walked by [`aml`]), starts
+//! every CPU, drives its virtio-mmio disks ([`blk`]) and network devices ([`net`],
 //! with smoltcp in [`tcpip`]), prints one line per check on the serial port
 //! and reports the number of failed checks to the exit device. See
 //! `src/guest.rs` in the root package for the protocol as the VMM sees it.
@@ -12,6 +14,8 @@
 #![no_std]
 #![no_main]
 
+mod acpi;
+mod aml;
 mod blk;
 mod bootparams;
 mod console;
@@ -22,6 +26,7 @@ mod mem;
 mod mptable;
 mod net;
 mod pit;
+mod pvh;
 mod smp;
 mod tcpip;
 mod virtio;
@@ -29,6 +34,7 @@ mod virtio;
 use core::fmt;
 
 use bootparams::BootParams;
+use pvh::StartInfo;
 
 /// Counts and prints the outcome of each check.
 #[derive(Default)]
@@ -53,32 +59,60 @@ impl Report {
     }
 }
 
-/// CPL3 entry of the bootstrap processor, from `_start` in `cpu`, with the
-/// zero page address the VMM passed in RSI.
-extern "C" fn bsp_main(boot_params: u64) -> ! {
+/// CPL3 entry of the bootstrap processor, from `cpu`: after the 64-bit boot
+/// protocol's entry, `boot` = `tag` = the zero page address the VMM passed in
+/// RSI; after the PVH entry, `boot` = the `hvm_start_info` address the VMM
+/// passed in EBX and `tag` = [`cpu::PVH_TAG`].
+extern "C" fn bsp_main(boot: u64, tag: u64) -> ! {
     let mut r = Report::default();
     // This CPU runs with IF set: keep the 8259's output (LINT0) away first.
     irq::mask_lint0();
 
-    let bp = BootParams::at(boot_params);
-    match bp {
-        Some(bp) => bp.check(&mut r),
-        None => {
-            r.fail::<()>(
-                "boot-params",
-                format_args!("boot_params pointer {boot_params:#x} is not in low memory"),
-            );
+    let (cmdline, e820_map, rsdp) = if tag == cpu::PVH_TAG {
+        match StartInfo::check(boot, &mut r) {
+            Some(si) => {
+                let limit = pvh::CMDLINE_MAX.min(mem::MMIO_HOLE_START.saturating_sub(si.cmdline()));
+                let cmdline = if mem::readable(si.cmdline(), limit) {
+                    bootparams::check_cmdline_at(si.cmdline(), limit, "the PVH limit", &mut r)
+                } else {
+                    r.fail(
+                        "cmdline",
+                        format_args!("cmdline_paddr {:#x} is not in low memory", si.cmdline()),
+                    )
+                };
+                (cmdline, Some(si.e820_map()), si.rsdp())
+            }
+            None => (
+                r.fail("cmdline", format_args!("no usable start_info")),
+                None,
+                0,
+            ),
         }
-    }
-    let cmdline = match bp {
-        Some(bp) => bp.check_cmdline(&mut r),
-        None => r.fail("cmdline", format_args!("no usable boot_params")),
+    } else {
+        match BootParams::at(boot) {
+            Some(bp) => {
+                bp.check(&mut r);
+                (bp.check_cmdline(&mut r), Some(bp.e820_map()), bp.rsdp())
+            }
+            None => {
+                r.fail::<()>(
+                    "boot-params",
+                    format_args!("boot_params pointer {boot:#x} is not in low memory"),
+                );
+                (
+                    r.fail("cmdline", format_args!("no usable boot_params")),
+                    None,
+                    0,
+                )
+            }
+        }
     };
     let param = |key| cmdline.and_then(|line| bootparams::param(line, key));
 
-    e820::check(bp, param("vmkit.mem_mib"), &mut r);
+    e820::check(e820_map, param("vmkit.mem_mib"), &mut r);
     let cpus = mptable::check(param("vmkit.cpus"), &mut r);
     smp::check(cpus.as_ref(), &mut r);
+    acpi::check(rsdp, cmdline, cpus.as_ref(), &mut r);
     blk::check(cmdline, &mut r);
     tcpip::check(cmdline, &mut r);
 
