@@ -199,3 +199,75 @@ fn an_emulation_failure_is_reported_with_rip_and_code_bytes() {
     assert!(line.contains("rip 0x100000"), "{run}");
     assert!(line.contains("code bytes at rip: cc 90 f4"), "{run}");
 }
+
+#[test]
+fn acpi_madt_and_both_boot_protocols_check_out_with_1_and_4_cpus_and_two_devices() {
+    if !kvm_present() {
+        return;
+    }
+    let dir = common::scratch_dir("acpi");
+    let (a, b) = (dir.join("a.raw"), dir.join("b.raw"));
+    std::fs::write(&a, vec![0x11u8; 1 << 20]).unwrap();
+    std::fs::write(&b, vec![0x22u8; 1 << 20]).unwrap();
+    let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+    for protocol in ["pvh", "linux64"] {
+        for cpus in ["1", "4"] {
+            let args = [
+                "-m",
+                "128",
+                "--cpus",
+                cpus,
+                "--boot-protocol",
+                protocol,
+                "--disk",
+                a,
+            ];
+            let run = run_vmm(&[&args[..], &["--disk", b]].concat());
+            assert_guest_passed(&run);
+            match protocol {
+                "pvh" => assert!(
+                    line_starting(&run, "ok pvh: start_info at ").contains("version 1"),
+                    "{run}"
+                ),
+                _ => {
+                    line_starting(&run, "ok boot-params: ");
+                }
+            }
+            assert!(
+                line_starting(&run, "ok acpi: RSDP at ").contains("rev 2"),
+                "{run}"
+            );
+            assert_eq!(
+                line_starting(&run, "ok madt: "),
+                format!("ok madt: {cpus} CPUs, IOAPIC at 0xfec00000")
+            );
+            line_starting(&run, "ok fadt: ");
+            assert_eq!(
+                line_starting(&run, "ok acpi-virtio: "),
+                "ok acpi-virtio: 2 LNRO0005 devices: 0xc0000000:5 0xc0001000:6"
+            );
+            assert_eq!(
+                line_starting(&run, "ok smp: "),
+                format!("ok smp: {cpus} of {cpus} CPUs online")
+            );
+        }
+    }
+}
+
+#[test]
+fn acpi_power_off_and_reset_end_the_vm_cleanly() {
+    if !kvm_present() {
+        return;
+    }
+    let dir = common::scratch_dir("acpi-pm");
+    // mov dx, PORT; mov al, VALUE; out dx, al; hlt; jmp $
+    for (name, port, value) in [("s5", 0x600u16, 0x34u8), ("reset", 0x602, 0xfe)] {
+        let [lo, hi] = port.to_le_bytes();
+        let code = [0x66, 0xba, lo, hi, 0xb0, value, 0xee, 0xf4, 0xeb, 0xfe];
+        let kernel = dir.join(format!("{name}.elf"));
+        std::fs::write(&kernel, tiny_elf(0x10_0000, &code)).unwrap();
+        let run = run_vmm(&["--kernel", kernel.to_str().unwrap()]);
+        assert_eq!(run.code, Some(0), "{name}: {run}");
+        assert!(run.stderr.is_empty(), "{name}: {run}");
+    }
+}

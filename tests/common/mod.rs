@@ -52,16 +52,46 @@ impl fmt::Display for Run {
     }
 }
 
-/// Runs the example VMM with `args` to completion.
+/// How long any one VMM run may take before the test kills it and fails.
+pub const VMM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Runs the example VMM with `args` to completion, killing it (and failing
+/// the run: `code` is `None`) after [`VMM_TIMEOUT`], so a hung guest fails
+/// a test instead of hanging it.
 pub fn run_vmm(args: &[&str]) -> Run {
-    let out = Command::new(vmm_path())
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = Command::new(vmm_path())
         .args(args)
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("spawn the vmm example");
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            String::from_utf8_lossy(&buf).into_owned()
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("stdout")));
+    let err = drain(Box::new(child.stderr.take().expect("stderr")));
+    let deadline = std::time::Instant::now() + VMM_TIMEOUT;
+    let code = loop {
+        match child.try_wait().expect("wait for the vmm") {
+            Some(status) => break status.code(),
+            None if std::time::Instant::now() > deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            None => std::thread::sleep(std::time::Duration::from_millis(5)),
+        }
+    };
     Run {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        code,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
     }
 }
 
