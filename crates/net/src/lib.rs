@@ -62,6 +62,9 @@ mod stats;
 mod tap;
 pub mod tx;
 
+#[cfg(feature = "test-utils")]
+pub mod test_utils;
+
 #[cfg(test)]
 mod tests;
 
