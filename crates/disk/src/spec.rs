@@ -181,6 +181,7 @@ pub fn open_disk(spec: &DiskSpec) -> Result<Box<dyn DiskImage>> {
             &Qcow2Options {
                 read_only: spec.read_only,
                 backing: spec.backing,
+                direct: false,
             },
         )?)),
     }

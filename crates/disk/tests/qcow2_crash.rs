@@ -28,6 +28,7 @@ fn crash_child() {
         &Qcow2Options {
             read_only: false,
             backing: false,
+            direct: false,
         },
     )
     .unwrap();

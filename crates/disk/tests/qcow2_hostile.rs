@@ -13,10 +13,12 @@ use vmkit_disk::{CreateOptions, DiskImage, Error, Qcow2Image, Qcow2Options};
 const RW: Qcow2Options = Qcow2Options {
     read_only: false,
     backing: false,
+    direct: false,
 };
 const RO: Qcow2Options = Qcow2Options {
     read_only: true,
     backing: false,
+    direct: false,
 };
 
 /// A small valid image with data in a few clusters (4 KiB clusters).
@@ -315,7 +317,8 @@ fn random_corruption_never_panics() {
     let orig = valid_image(&path);
     let meta_end = 8 * 4096.min(orig.len());
     let mut rng = Rng(0xfeed);
-    let t = std::time::Instant::now();
+    // A bounded amount of work per image: a hang would show as a test that
+    // never ends, which CI's time limit catches; no wall-clock assertion.
     for _ in 0..300 {
         patched(&path, &orig, |b| {
             for _ in 0..1 + rng.below(4) {
@@ -342,5 +345,4 @@ fn random_corruption_never_panics() {
         let len = std::fs::metadata(&path).unwrap().len();
         assert!(len < 64 << 20, "file grew to {len}");
     }
-    assert!(t.elapsed().as_secs() < 30);
 }

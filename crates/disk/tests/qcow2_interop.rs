@@ -16,10 +16,12 @@ use vmkit_disk::{
 const RW: Qcow2Options = Qcow2Options {
     read_only: false,
     backing: false,
+    direct: false,
 };
 const RW_BACKING: Qcow2Options = Qcow2Options {
     read_only: false,
     backing: true,
+    direct: false,
 };
 
 #[derive(Clone, Copy, Debug)]
@@ -282,6 +284,7 @@ fn compressed_images_read_back_and_take_writes() {
             &Qcow2Options {
                 read_only: true,
                 backing: false,
+                direct: false,
             },
         )
         .unwrap();
@@ -658,6 +661,7 @@ fn backing_chain_errors_are_clear() {
     let ro = Qcow2Options {
         read_only: true,
         backing: true,
+        direct: false,
     };
     let _x = Qcow2Image::open(join(&dir, "l3.qcow2"), &ro).unwrap();
     let _y = Qcow2Image::open(join(&dir, "l4.qcow2"), &ro).unwrap();

@@ -226,6 +226,9 @@ fn check_reports_and_exit_codes_match_qemu_img() {
     let theirs = qemu(d, &["check", "-r", "leaks", "leaky-q.qcow2"]);
     let ours = vmkit(d, &["check", "-r", "leaks", "leaky-v.qcow2"]);
     assert_eq!((ours.code, theirs.code), (0, 0), "{ours:?}");
+    // "Leaked cluster 9 ..." for each leak, then "Repairing cluster 9 ...".
+    assert_eq!(ours.stderr, theirs.stderr);
+    assert_eq!(ours.stdout, theirs.stdout);
     assert!(ours.stdout.starts_with(
         "The following inconsistencies were found and repaired:\n\n    2 leaked clusters\n    0 corruptions\n\nDouble checking the fixed image now...\nNo errors were found on the image.\n"
     ), "{}", ours.stdout);

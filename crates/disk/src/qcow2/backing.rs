@@ -65,6 +65,7 @@ pub(crate) fn open_backing(
             &Qcow2Options {
                 read_only: true,
                 backing: true,
+                direct: false,
             },
             chain,
         )?),

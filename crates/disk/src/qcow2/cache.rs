@@ -62,6 +62,12 @@ impl<T> TableCache<T> {
         &mut e.data
     }
 
+    /// Marks the table in `slot` dirty (changed where the cache does not
+    /// hold its data).
+    pub fn mark_dirty(&mut self, slot: usize) {
+        self.entries[slot].dirty = true;
+    }
+
     /// The slot that an insertion would reuse, when the cache is full:
     /// its offset and whether it is dirty.
     pub fn victim(&self) -> Option<(usize, u64, bool)> {

@@ -33,7 +33,8 @@ pub struct CheckReport {
     pub allocated_clusters: u64,
     /// Guest clusters of the virtual disk.
     pub total_clusters: u64,
-    /// The end of the last cluster in use.
+    /// The end of the last cluster in use: referenced, or with a non-zero
+    /// refcount (leaked clusters count, as in `qemu-img check`).
     pub image_end_offset: u64,
     /// What was found, a line each (the first 100).
     pub messages: Vec<String>,
@@ -273,6 +274,12 @@ impl Meta {
         let cnt = count_references(self, &mut rep)?;
         // As QEMU, only clusters inside the file count.
         let limit = cnt.refs.len() as u64;
+        // As QEMU, the image ends after the last cluster that is either
+        // referenced or has a refcount (so leaked clusters count too).
+        let mut end = cnt.end;
+        // Leaks to repair once every cluster has been compared (QEMU
+        // reports them all, then repairs them all).
+        let mut repairs = Vec::new();
         for i in 0..limit {
             let want = u64::from(cnt.refs.get(i as usize).copied().unwrap_or(0));
             let have = match self.refcount(i) {
@@ -283,6 +290,9 @@ impl Meta {
                     continue;
                 }
             };
+            if have > 0 || want > 0 {
+                end = end.max((i + 1) << self.cluster_bits);
+            }
             if have < want {
                 rep.corrupt(format!("cluster {i} refcount={have} reference={want}"));
             } else if have > want {
@@ -291,10 +301,16 @@ impl Meta {
                     "Leaked cluster {i} refcount={have} reference={want}"
                 ));
                 if repair_leaks && !self.read_only {
-                    self.set_refcount(i, want)?;
-                    rep.leaks_fixed += 1;
+                    repairs.push((i, have, want));
                 }
             }
+        }
+        for (i, have, want) in repairs {
+            rep.note(format!(
+                "Repairing cluster {i} refcount={have} reference={want}"
+            ));
+            self.set_refcount(i, want)?;
+            rep.leaks_fixed += 1;
         }
         // COPIED flags of the active tables.
         let cs = self.cluster_size;
@@ -326,7 +342,7 @@ impl Meta {
                 }
             }
         }
-        rep.image_end_offset = cnt.end;
+        rep.image_end_offset = end;
         if !self.read_only {
             self.write_refblocks()?;
             self.sync()?;

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use vmm_sys_util::fallocate::{FallocateMode, fallocate};
 
 use super::cache::TableCache;
+use super::fast::FastL2;
 use super::header::{self, Header};
 use crate::{Error, Result};
 
@@ -74,7 +75,10 @@ pub(crate) struct Meta {
     pub rb_bits: u32,
     pub l1: Vec<u64>,
     pub l1_dirty: bool,
-    pub l2: TableCache<Vec<u64>>,
+    /// Which L2 table sits in which slot; the entries are in `fast`.
+    pub l2: TableCache<()>,
+    /// The cached L2 tables' entries, shared with the lock-free data path.
+    pub fast: Arc<FastL2>,
     /// The refcount table (kept in memory, written through).
     pub rt: Vec<u64>,
     pub rb: TableCache<Vec<u8>>,
@@ -222,6 +226,7 @@ impl Meta {
             let _ = self.sync();
         }
         self.corrupt = true;
+        self.fast.set_corrupt();
         self.invalid(reason)
     }
 
@@ -234,7 +239,7 @@ impl Meta {
         }
         self.check_table_offset("L2 table", off)?;
         let bytes = self.read_table(off, self.cluster_size as usize)?;
-        let table = bytes
+        let table: Vec<u64> = bytes
             .chunks_exact(8)
             .map(|c| {
                 let mut a = [0u8; 8];
@@ -243,7 +248,36 @@ impl Meta {
             })
             .collect();
         self.make_room_l2()?;
-        Ok(self.l2.insert(off, table, false))
+        let slot = self.l2.insert(off, (), false);
+        self.fast.fill(slot, &table);
+        Ok(slot)
+    }
+
+    /// Records `n` new metadata clusters from `off`. Data checks made for
+    /// the lock-free path are void: in a corrupt image, a data entry could
+    /// point at a new metadata cluster.
+    pub(crate) fn add_metadata(&mut self, off: u64, n: u64) {
+        for c in 0..n {
+            self.metadata.insert(off + c * self.cluster_size);
+        }
+        self.fast.uncheck_all();
+    }
+
+    /// Marks entry `i` of the L2 table in `slot` usable by the lock-free
+    /// path if it maps a data cluster that holds no metadata.
+    fn check_for_fast(&self, slot: usize, i: usize) {
+        let e = self.fast.get(slot, i);
+        if let Ok(Mapping::Data(off)) = self.classify(e)
+            && !self.metadata.contains(&off)
+        {
+            self.fast.set_checked(slot, i);
+        }
+    }
+
+    /// Changes entry `i` of the L2 table in `slot`.
+    fn set_l2(&mut self, slot: usize, i: usize, e: u64) {
+        self.fast.set(slot, i, e);
+        self.l2.mark_dirty(slot);
     }
 
     fn make_room_l2(&mut self) -> Result<()> {
@@ -266,7 +300,7 @@ impl Meta {
     fn write_l2(&mut self, slot: usize, off: u64) -> Result<()> {
         self.order_refcounts_before_l2()?;
         let mut bytes = Vec::with_capacity(self.cluster_size as usize);
-        for e in self.l2.get(slot) {
+        for e in self.fast.table(slot) {
             bytes.extend_from_slice(&e.to_be_bytes());
         }
         self.write_all(&bytes, off)?;
@@ -385,7 +419,9 @@ impl Meta {
         if off == 0 {
             return Ok(None);
         }
-        Ok(Some(self.l2_slot(off)?))
+        let slot = self.l2_slot(off)?;
+        self.fast.bind(slot, idx, e & COPIED != 0);
+        Ok(Some(slot))
     }
 
     /// How `guest..guest + len` starts: the mapping of its first bytes and
@@ -398,15 +434,18 @@ impl Meta {
             return Ok((Mapping::Unallocated, max));
         };
         let first = self.l2_index(guest);
-        let e = self.l2.get(slot)[first];
+        let e = self.fast.get(slot, first);
         let m = self.classify(e)?;
         let mut run = cs - in_cluster;
         if let Mapping::Compressed(_) = m {
             return Ok((m, run.min(max)));
         }
+        if let Mapping::Data(_) = m {
+            self.check_for_fast(slot, first);
+        }
         let mut i = first + 1;
         while run < max {
-            let next = self.classify(self.l2.get(slot)[i])?;
+            let next = self.classify(self.fast.get(slot, i))?;
             let same = match (m, next) {
                 (Mapping::Data(a), Mapping::Data(b)) => b == a + (i - first) as u64 * cs,
                 (Mapping::Zero, Mapping::Zero) | (Mapping::Unallocated, Mapping::Unallocated) => {
@@ -416,6 +455,9 @@ impl Meta {
             };
             if !same {
                 break;
+            }
+            if let Mapping::Data(_) = next {
+                self.check_for_fast(slot, i);
             }
             run += cs;
             i += 1;
@@ -439,22 +481,24 @@ impl Meta {
         let cs = self.cluster_size;
         let in_cluster = guest & (cs - 1);
         let max = len.min(self.l2_range_left(guest));
-        let l1e = self.l1.get(self.l1_index(guest)).copied().unwrap_or(0);
+        let l1_idx = self.l1_index(guest);
+        let l1e = self.l1.get(l1_idx).copied().unwrap_or(0);
         let alloc_len = |n_clusters: u64| (n_clusters * cs - in_cluster).min(max);
         if l1e & COPIED == 0 || l1e & OFFSET_MASK == 0 {
             return Ok((WriteMapping::Allocate, alloc_len(max_alloc)));
         }
         let slot = self.l2_slot(l1e & OFFSET_MASK)?;
+        self.fast.bind(slot, l1_idx, true);
         let first = self.l2_index(guest);
         let in_place = |meta: &mut Meta, i: usize| -> Result<Option<u64>> {
-            let e = meta.l2.get(slot)[i];
+            let e = meta.fast.get(slot, i);
             match meta.classify(e)? {
                 Mapping::Data(off) if e & COPIED != 0 => Ok(Some(off)),
                 Mapping::Data(off) => {
                     // No COPIED flag: fine to write if the refcount is 1.
                     if meta.refcount(off >> meta.cluster_bits)? == 1 {
                         meta.begin_metadata_update()?;
-                        meta.l2.get_mut(slot)[i] |= COPIED;
+                        meta.set_l2(slot, i, e | COPIED);
                         Ok(Some(off))
                     } else {
                         Ok(None)
@@ -491,6 +535,10 @@ impl Meta {
         if self.metadata.range(start..end).next().is_some() {
             return Err(self.mark_corrupt(format!("data cluster at {host:#x} overlaps metadata")));
         }
+        // Checked: the next writes of these clusters need no lock.
+        for k in 0..(in_cluster + run).div_ceil(cs) as usize {
+            self.fast.set_checked(slot, first + k);
+        }
         Ok((WriteMapping::InPlace(host + in_cluster), run))
     }
 
@@ -509,20 +557,26 @@ impl Meta {
         if off != 0 && self.refcount(off >> self.cluster_bits)? == 1 {
             self.l1[idx] = off | COPIED;
             self.l1_dirty = true;
-            return self.l2_slot(off);
+            let slot = self.l2_slot(off)?;
+            self.fast.bind(slot, idx, true);
+            return Ok(slot);
         }
-        let table = if off == 0 {
+        let table: Vec<u64> = if off == 0 {
             vec![0u64; 1 << self.l2_bits]
         } else {
             let slot = self.l2_slot(off)?;
-            self.l2.get(slot).clone()
+            self.fast.table(slot).collect()
         };
         let new = self.alloc_clusters(1)?;
+        // The old table no longer answers for this index.
+        self.fast.unbind_index(idx);
         self.make_room_l2()?;
-        let slot = self.l2.insert(new, table, true);
-        self.metadata.insert(new);
+        let slot = self.l2.insert(new, (), true);
+        self.fast.fill(slot, &table);
+        self.add_metadata(new, 1);
         self.l1[idx] = new | COPIED;
         self.l1_dirty = true;
+        self.fast.bind(slot, idx, true);
         if off != 0 {
             // The snapshot keeps the old table; drop our reference once the
             // L1 table no longer points at it.
@@ -580,9 +634,9 @@ impl Meta {
     pub(crate) fn set_l2_entry(&mut self, guest: u64, entry: u64) -> Result<u64> {
         let slot = self.l2_for_write(guest)?;
         let i = self.l2_index(guest);
-        let old = self.l2.get(slot)[i];
+        let old = self.fast.get(slot, i);
         if old != entry {
-            self.l2.get_mut(slot)[i] = entry;
+            self.set_l2(slot, i, entry);
         }
         Ok(old)
     }
@@ -590,7 +644,7 @@ impl Meta {
     /// The current L2 entry of guest cluster `guest` (0 without a table).
     pub(crate) fn l2_entry(&mut self, guest: u64) -> Result<u64> {
         match self.l2_for_read(guest)? {
-            Some(slot) => Ok(self.l2.get(slot)[self.l2_index(guest)]),
+            Some(slot) => Ok(self.fast.get(slot, self.l2_index(guest))),
             None => Ok(0),
         }
     }
@@ -668,9 +722,7 @@ impl Meta {
             self.hdr.l1_table_offset = new_off;
             self.hdr.l1_size = need as u32;
             self.l1 = new_l1;
-            for c in 0..clusters {
-                self.metadata.insert(new_off + c * cs);
-            }
+            self.add_metadata(new_off, clusters);
             if old_off != 0 && old_clusters > 0 {
                 for c in 0..old_clusters {
                     self.metadata.remove(&(old_off + c * cs));
@@ -696,10 +748,9 @@ impl Meta {
             }
             let slot = self.l2_slot(off)?;
             n += self
-                .l2
-                .get(slot)
-                .iter()
-                .filter(|&&e| e & COMPRESSED != 0 || e & OFFSET_MASK != 0)
+                .fast
+                .table(slot)
+                .filter(|&e| e & COMPRESSED != 0 || e & OFFSET_MASK != 0)
                 .count() as u64;
         }
         Ok(n)

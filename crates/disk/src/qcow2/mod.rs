@@ -9,14 +9,21 @@
 //! write-zeroes, growth, creation, and consistency checks. Encryption,
 //! external data files and extended L2 entries are refused.
 //!
-//! The data path of an allocated cluster is one L2 cache lookup under the
-//! metadata lock and one `pread(2)`/`pwrite(2)` directly on the caller's
-//! memory outside it.
+//! The data path of an allocated cluster is a lock-free lookup in the
+//! cached L2 table (see the `fast` module) and one `pread(2)`/`pwrite(2)`
+//! directly on the caller's memory, under the shared side of the image's
+//! I/O gate only; the metadata lock is taken when the cached table cannot
+//! answer (a cluster not yet looked at, unallocated, compressed or shared,
+//! a table not cached). With [`Qcow2Options::direct`], data I/O bypasses
+//! the page cache (see the `direct` module).
 
 mod backing;
 mod cache;
 mod check;
 mod compress;
+mod direct;
+mod fast;
+mod gate;
 mod header;
 mod meta;
 mod refcount;
@@ -28,7 +35,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use log::{info, warn};
 use vm_memory::VolatileSlice;
@@ -42,6 +49,9 @@ use crate::lock::{LockError, lock_image};
 use crate::{DiskImage, Error, ImageFormat, Result, SECTOR_SIZE};
 use backing::Chain;
 use cache::TableCache;
+use direct::AlignedBuf;
+use fast::FastL2;
+use gate::Gate;
 use header::Header;
 use meta::{Mapping, Meta, OFFSET_MASK, RT_OFFSET_MASK, WriteMapping};
 
@@ -72,6 +82,13 @@ pub struct Qcow2Options {
     /// the image, and an image from an untrusted source could name any
     /// file of the host.
     pub backing: bool,
+    /// Bypass the host page cache for guest data with `O_DIRECT` (QEMU's
+    /// `cache=none`); metadata stays buffered and is ordered by the same
+    /// syncs. Reads and writes must then be aligned as for a raw image
+    /// opened with `O_DIRECT` (page-aligned buffers and 4 KiB multiples
+    /// are always safe). Needs clusters of at least a page, and a file
+    /// system with `O_DIRECT` support; backing files are read buffered.
+    pub direct: bool,
 }
 
 /// How to create a qcow2 image.
@@ -147,7 +164,9 @@ pub struct Qcow2Info {
 /// and reports errors.
 #[derive(Debug)]
 pub struct Qcow2Image {
-    file: Arc<File>,
+    /// Guest data I/O: the image file, or with `direct`, a second
+    /// descriptor of it opened with `O_DIRECT`.
+    data: File,
     path: PathBuf,
     size: AtomicU64,
     read_only: bool,
@@ -157,7 +176,9 @@ pub struct Qcow2Image {
     /// Data I/O holds it shared; operations that may make freed clusters
     /// reusable hold it exclusively, so that no I/O in flight lands on a
     /// cluster reused for something else.
-    gate: RwLock<()>,
+    gate: Gate,
+    /// The cached L2 tables, read without the metadata lock.
+    fast: Arc<FastL2>,
     meta: Mutex<Meta>,
 }
 
@@ -299,6 +320,7 @@ pub fn check_image(path: impl AsRef<Path>, repair_leaks: bool) -> Result<CheckRe
         &Qcow2Options {
             read_only: !repair_leaks,
             backing: false,
+            direct: false,
         },
         &mut Chain::default(),
         true,
@@ -435,7 +457,13 @@ impl Qcow2Image {
         let lazy = !read_only && hdr.compatible & header::COMPAT_LAZY_REFCOUNTS != 0;
         let dirty = hdr.incompatible & header::INCOMPAT_DIRTY != 0;
         let has_backing = hdr.backing_file.is_some();
+        let data = if options.direct {
+            direct::open_direct(path, &file, read_only, cs)?
+        } else {
+            file.try_clone()?
+        };
         let file = Arc::new(file);
+        let fast = Arc::new(FastL2::new(l2_tables, 1 << (cluster_bits - 3), cs));
         let mut meta = Meta {
             file: file.clone(),
             path: path.to_path_buf(),
@@ -448,6 +476,7 @@ impl Qcow2Image {
             l1,
             l1_dirty: false,
             l2: TableCache::new(l2_tables),
+            fast: fast.clone(),
             rt,
             rb: TableCache::new(rb_tables),
             rc_unsynced: false,
@@ -499,14 +528,15 @@ impl Qcow2Image {
             }
         }
         Ok(Qcow2Image {
-            file,
+            data,
             path: path.to_path_buf(),
             size: AtomicU64::new(size),
             read_only,
             cluster_bits,
             version,
             backing,
-            gate: RwLock::new(()),
+            gate: Gate::new(),
+            fast,
             meta: Mutex::new(meta),
         })
     }
@@ -569,6 +599,7 @@ impl Qcow2Image {
             &Qcow2Options {
                 read_only: false,
                 backing: false,
+                direct: false,
             },
             &mut Chain::default(),
             true,
@@ -597,7 +628,7 @@ impl Qcow2Image {
 
     /// Reports the image's header fields and allocation.
     pub fn info(&self) -> Result<Qcow2Info> {
-        let _g = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        let _g = self.gate.read();
         let mut m = self.lock();
         let allocated_clusters = m.allocated_clusters()?;
         let h = &m.hdr;
@@ -633,7 +664,7 @@ impl Qcow2Image {
                 "size {new_size} is too large"
             )));
         }
-        let _g = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        let _g = self.gate.write();
         let mut m = self.lock();
         let old = self.size.load(Ordering::Acquire);
         if new_size < old {
@@ -654,7 +685,7 @@ impl Qcow2Image {
         if repair_leaks && self.read_only {
             return Err(Error::ReadOnly);
         }
-        let _g = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        let _g = self.gate.write();
         self.lock().check(repair_leaks)
     }
 
@@ -696,12 +727,36 @@ impl Qcow2Image {
         Ok(())
     }
 
+    /// Maps `guest..guest + len` without the metadata lock, when the cached
+    /// L2 table answers: the host offset of `guest` and how many bytes from
+    /// it (at most `len`) are contiguous data clusters (for a `write`,
+    /// writable in place).
+    fn fast_map(&self, guest: u64, len: u64, write: bool) -> Option<(u64, u64)> {
+        let cb = self.cluster_bits;
+        let cs = 1u64 << cb;
+        let l2_bits = cb - 3;
+        let in_cluster = guest & (cs - 1);
+        let first = ((guest >> cb) & ((1 << l2_bits) - 1)) as usize;
+        let want = (in_cluster + len).div_ceil(cs);
+        let want = usize::try_from(want).unwrap_or(usize::MAX);
+        let (host, n) = self
+            .fast
+            .lookup(guest >> (cb + l2_bits), first, want, write)?;
+        Some((host + in_cluster, (n as u64 * cs - in_cluster).min(len)))
+    }
+
     fn read_inner(&self, buf: &VolatileSlice<'_>, offset: u64) -> Result<()> {
         let len = buf.len() as u64;
         let cs = 1u64 << self.cluster_bits;
         let mut pos = 0u64;
         while pos < len {
             let guest = offset + pos;
+            if let Some((host, run)) = self.fast_map(guest, len - pos, false) {
+                let sub = buf.subslice(pos as usize, run as usize).map_err(vm_err)?;
+                pread_volatile(&self.data, &sub, host)?;
+                pos += run;
+                continue;
+            }
             let (m, run) = {
                 let mut meta = self.lock();
                 let (m, run) = meta.map(guest, len - pos)?;
@@ -718,7 +773,7 @@ impl Qcow2Image {
             };
             let sub = buf.subslice(pos as usize, run as usize).map_err(vm_err)?;
             match m {
-                Mapping::Data(host) => pread_volatile(&self.file, &sub, host)?,
+                Mapping::Data(host) => pread_volatile(&self.data, &sub, host)?,
                 Mapping::Zero => fill_zero(&sub),
                 Mapping::Unallocated => self.read_backing(&sub, guest)?,
                 Mapping::Compressed(_) => {}
@@ -730,19 +785,21 @@ impl Qcow2Image {
 
     /// The guest-visible contents of one cluster before a write, given its
     /// L2 entry.
-    fn old_cluster(&self, meta: &mut Meta, entry: u64, guest: u64) -> Result<Vec<u8>> {
+    /// The buffer is aligned for the data descriptor (`O_DIRECT`).
+    fn old_cluster(&self, meta: &mut Meta, entry: u64, guest: u64) -> Result<AlignedBuf> {
         let cs = meta.cluster_size as usize;
-        let mut data = vec![0u8; cs];
+        let mut buf = AlignedBuf::zeroed(cs);
+        let data = buf.as_mut_slice();
         match meta.classify(entry)? {
-            Mapping::Data(off) => meta.read_zero_fill(&mut data, off)?,
+            Mapping::Data(off) => pread_volatile(&self.data, &VolatileSlice::from(data), off)?,
             Mapping::Zero => {}
             Mapping::Unallocated => {
-                let s = VolatileSlice::from(&mut data[..]);
+                let s = VolatileSlice::from(data);
                 self.read_backing(&s, guest)?;
             }
             Mapping::Compressed(e) => data.copy_from_slice(meta.read_compressed(e)?),
         }
-        Ok(data)
+        Ok(buf)
     }
 
     /// An allocating write of `data` at `guest`, within one L2 table: new
@@ -774,15 +831,16 @@ impl Qcow2Image {
                 let src = data
                     .subslice((g - guest) as usize, (m * cs) as usize)
                     .map_err(vm_err)?;
-                pwrite_volatile(&self.file, &src, host + k * cs)?;
+                pwrite_volatile(&self.data, &src, host + k * cs)?;
                 k += m;
                 continue;
             }
-            let mut buf = self.old_cluster(meta, old[k as usize], g)?;
+            let mut old_data = self.old_cluster(meta, old[k as usize], g)?;
+            let buf = old_data.as_mut_slice();
             data.subslice((lo - guest) as usize, (hi - lo) as usize)
                 .map_err(vm_err)?
                 .copy_to(&mut buf[(lo - g) as usize..(hi - g) as usize]);
-            meta.write_all(&buf, host + k * cs)?;
+            pwrite_volatile(&self.data, &VolatileSlice::from(buf), host + k * cs)?;
             k += 1;
         }
         for k in 0..n {
@@ -799,6 +857,12 @@ impl Qcow2Image {
         let mut pos = 0u64;
         while pos < len {
             let guest = offset + pos;
+            if let Some((host, run)) = self.fast_map(guest, len - pos, true) {
+                let sub = buf.subslice(pos as usize, run as usize).map_err(vm_err)?;
+                pwrite_volatile(&self.data, &sub, host)?;
+                pos += run;
+                continue;
+            }
             let mut meta = self.lock();
             if meta.corrupt {
                 return Err(Error::MarkedCorrupt {
@@ -810,7 +874,7 @@ impl Qcow2Image {
             match wm {
                 WriteMapping::InPlace(host) => {
                     drop(meta);
-                    pwrite_volatile(&self.file, &sub, host)?;
+                    pwrite_volatile(&self.data, &sub, host)?;
                 }
                 WriteMapping::Allocate => self.write_alloc(&mut meta, &sub, guest)?,
             }
@@ -821,7 +885,9 @@ impl Qcow2Image {
 
     /// Writes zeros over `offset..offset + len` through the write path.
     fn write_zero_bytes(&self, offset: u64, len: u64) -> Result<()> {
-        let mut zeros = vec![0u8; (len.min(ZERO_CHUNK as u64)) as usize];
+        // Aligned for the data descriptor (`O_DIRECT`).
+        let mut buf = AlignedBuf::zeroed((len.min(ZERO_CHUNK as u64)) as usize);
+        let zeros = buf.as_mut_slice();
         let mut pos = 0;
         while pos < len {
             let n = (len - pos).min(zeros.len() as u64) as usize;
@@ -835,7 +901,7 @@ impl Qcow2Image {
     /// Runs the frees queued by discards once too many wait.
     fn maybe_flush_frees(&self) -> Result<()> {
         if self.lock().pending_frees.len() > MAX_PENDING_FREES {
-            let _g = self.gate.write().unwrap_or_else(|e| e.into_inner());
+            let _g = self.gate.write();
             self.lock().flush()?;
         }
         Ok(())
@@ -874,18 +940,18 @@ impl DiskImage for Qcow2Image {
 
     fn read_at(&self, buf: &mut VolatileSlice<'_>, offset: u64) -> Result<()> {
         check_range(offset, buf.len() as u64, self.size())?;
-        let _g = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        let _g = self.gate.read();
         self.read_inner(buf, offset)
     }
 
     fn write_at(&self, buf: &VolatileSlice<'_>, offset: u64) -> Result<()> {
         check_write(self.read_only, offset, buf.len() as u64, self.size())?;
-        let _g = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        let _g = self.gate.read();
         self.write_inner(buf, offset)
     }
 
     fn flush(&self) -> Result<()> {
-        let _g = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        let _g = self.gate.write();
         let mut m = self.lock();
         if self.read_only {
             return Ok(());
@@ -899,7 +965,7 @@ impl DiskImage for Qcow2Image {
         let start = offset.div_ceil(cs) * cs;
         let end = (offset + len) & !(cs - 1);
         if start < end {
-            let _g = self.gate.read().unwrap_or_else(|e| e.into_inner());
+            let _g = self.gate.read();
             let mut m = self.lock();
             m.begin_metadata_update()?;
             m.drop_clusters(start, (end - start) / cs, false)?;
@@ -917,7 +983,7 @@ impl DiskImage for Qcow2Image {
         let start_full = offset.div_ceil(cs) * cs;
         let end_full = end & !(cs - 1);
         {
-            let _g = self.gate.read().unwrap_or_else(|e| e.into_inner());
+            let _g = self.gate.read();
             if start_full >= end_full {
                 return self.write_zero_bytes(offset, len);
             }

@@ -293,7 +293,7 @@ impl Meta {
             self.write_refblock(slot, voff)?;
         }
         self.rb.insert(off, block, false);
-        self.metadata.insert(off);
+        self.add_metadata(off, 1);
         self.file_end = self.file_end.max(off + self.cluster_size);
         if let Some(r) = self.rebuild.as_mut() {
             if r.len() <= c as usize {
@@ -374,9 +374,7 @@ impl Meta {
         self.hdr.refcount_table_clusters = tc as u32;
         self.rt = new_rt;
         self.file_end = self.file_end.max(used_end * cs);
-        for c in base..used_end {
-            self.metadata.insert(c * cs);
-        }
+        self.add_metadata(base * cs, used_end - base);
         if let Some(r) = self.rebuild.as_mut() {
             if r.len() < used_end as usize {
                 r.resize(used_end as usize, 0);

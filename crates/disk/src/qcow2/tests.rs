@@ -38,6 +38,7 @@ fn create_write_read_reopen() {
         &Qcow2Options {
             read_only: true,
             backing: false,
+            direct: false,
         },
     )
     .unwrap();
