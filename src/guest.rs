@@ -115,6 +115,7 @@
 //! ok blk-discard: disk<i> sectors <a>..<b> discarded            (if offered)
 //! ok blk-refill: disk<i> sectors <a>..<b> = 0x<bb>              (after either of the two)
 //! ok blk-irq: disk<i> <n> interrupts for <m> requests
+//! ok hostile-disk<i>-<group>: <what the device did>, normal I/O after reset ok   (vmkit.hostile; 12 groups)
 //! bench blk-read-4k qd=1 requests=<n> iops=<x> notifications/req=<a.bb> interrupts/req=<c.dd>
 //! bench blk-read-4k qd=32 ...                                   (per vmkit.blk-bench=<i>)
 //! FAIL net-config: ... / FAIL net-tcp-send: ... / FAIL net-tcp-echo: ...  (malformed values only)
@@ -177,6 +178,29 @@
 //!   (`blk-refill`), so the range ends holding the byte. A malformed value,
 //!   an empty or out-of-range span, a read-only disk or a missing disk is a
 //!   `FAIL blk-fill` line. Without `vmkit.fill` no disk is ever modified.
+//! - `vmkit.hostile`: after each disk's checks, twelve groups of requests a
+//!   malicious driver sends, on a raw queue of 64 entries polled without
+//!   interrupts, each followed by a reset, a normal initialisation, a read
+//!   of the first 4 KiB (which must match what was read before the first
+//!   group) and, on a writable disk with a `vmkit.fill` range, a rewrite
+//!   of that range's first sector: `addr` (buffers beyond RAM, in the MMIO
+//!   hole, the LAPIC/IOAPIC pages, the device's own window, across the end
+//!   of RAM, wrapping the address space), `status` (status bytes the
+//!   device cannot write), `loop` (descriptor loops, `next` beyond the
+//!   table, nested indirect tables), `long` (a chain through the whole
+//!   table and back, indirect tables of 302, 65536 and 1.5 entries),
+//!   `len` (zero and 0xffffffff lengths), `dir` (wrong buffer
+//!   directions), `sector` (past the end, `sector * 512` overflowing,
+//!   discard/write-zeroes ranges), `avail` (avail.idx 71 ahead, then 2000
+//!   notifications), `queue` (13 bad queue sizes and ring addresses),
+//!   `notify` (notifications of absent queues, before DRIVER_OK, 5000 of
+//!   an empty queue), `status-seq` (status writes out of order), `config`
+//!   (writes to the config space up to offset 0xefc and to read-only
+//!   registers). A request group passes when every request got IOERR or
+//!   UNSUPP (OK only where harmless: zero-length, FLUSH) with a used length
+//!   within the chain's device-writable bytes, or was left unanswered with
+//!   DEVICE_NEEDS_RESET set, and no other guest memory changed. Hostile
+//!   writes aim at sectors 0..=10 and the last sectors of the disk.
 //! - `vmkit.blk-bench=<i>` (may repeat): after disk i's checks, 4 KiB reads
 //!   at 4 KiB-aligned blocks `k * 0x9e3779b9 mod (capacity / 8)`, for one
 //!   second each at queue depth 1 and 32, timed with the TSC calibrated

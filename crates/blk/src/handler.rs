@@ -45,6 +45,11 @@ pub struct BlockHandler {
     processor: RequestProcessor,
     interrupt: Arc<dyn Interrupt>,
     stats: Arc<BlockStats>,
+    /// The driver broke the queue; the device asked for a reset.
+    needs_reset: bool,
+    /// The available index is invalid: nothing more is processed until
+    /// the device is reset (which builds a new handler).
+    stopped: bool,
 }
 
 impl std::fmt::Debug for BlockHandler {
@@ -53,6 +58,8 @@ impl std::fmt::Debug for BlockHandler {
             .field("queue", &self.queue)
             .field("processor", &self.processor)
             .field("stats", &self.stats)
+            .field("needs_reset", &self.needs_reset)
+            .field("stopped", &self.stopped)
             .finish_non_exhaustive()
     }
 }
@@ -72,6 +79,34 @@ impl BlockHandler {
             processor,
             interrupt,
             stats,
+            needs_reset: false,
+            stopped: false,
+        }
+    }
+
+    /// Whether the handler found the queue broken and asked the driver for
+    /// a reset (DEVICE_NEEDS_RESET, through [`Interrupt::signal_needs_reset`]).
+    pub fn needs_reset(&self) -> bool {
+        self.needs_reset
+    }
+
+    /// Whether the handler stopped processing the queue (an invalid
+    /// available index) until the device is reset.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
+    }
+
+    fn signal_needs_reset(&mut self) {
+        signal_needs_reset(&mut self.needs_reset, self.interrupt.as_ref());
+    }
+
+    /// Whether the available index is more than a queue size ahead of the
+    /// next entry to process (virtio-queue then pops nothing), or cannot
+    /// be read.
+    fn avail_index_invalid(&self) -> bool {
+        match self.queue.avail_idx(&self.mem, Ordering::Acquire) {
+            Ok(idx) => idx.0.wrapping_sub(self.queue.next_avail()) > self.queue.size(),
+            Err(_) => true,
         }
     }
 
@@ -81,7 +116,19 @@ impl BlockHandler {
     }
 
     /// Processes every available request. Returns the number completed.
+    ///
+    /// A chain that cannot be answered ([`crate::ChainError`]: a loop, a
+    /// chain cut short, no usable status byte) is returned with used length
+    /// 0 unexecuted, and the device signals DEVICE_NEEDS_RESET; later
+    /// chains are still served. An available index more than a queue size
+    /// ahead (virtio 1.2 §2.7.13.3: the driver never makes more than the
+    /// queue size available) also signals DEVICE_NEEDS_RESET, and then the
+    /// queue is not touched again until the device is reset: further
+    /// notifications cost one check each.
     pub fn process_queue(&mut self) -> usize {
+        if self.stopped {
+            return 0;
+        }
         let event_idx = self.queue.event_idx_enabled();
         let mut completed = 0usize;
         let mut empty_rounds = 0;
@@ -98,12 +145,33 @@ impl BlockHandler {
             while let Some(chain) = self.queue.pop_descriptor_chain(&self.mem) {
                 popped += 1;
                 let head = chain.head_index();
-                let len = self.processor.process(&self.mem, chain, &mut buffers);
+                let len = match self.processor.process_chain(&self.mem, chain, &mut buffers) {
+                    Ok(len) => len,
+                    Err(e) => {
+                        warn!(
+                            "virtio-blk: chain {head}: {e}; returned unanswered, \
+                             the device needs a reset"
+                        );
+                        signal_needs_reset(&mut self.needs_reset, self.interrupt.as_ref());
+                        0
+                    }
+                };
                 if let Err(e) = self.queue.add_used(&self.mem, head, len) {
                     warn!("virtio-blk: cannot return descriptor {head} to the used ring: {e}");
+                    signal_needs_reset(&mut self.needs_reset, self.interrupt.as_ref());
                     continue;
                 }
                 completed += 1;
+            }
+            if self.avail_index_invalid() {
+                warn!(
+                    "virtio-blk: available index is more than {} entries ahead; \
+                     the device needs a reset and stops processing",
+                    self.queue.size()
+                );
+                self.signal_needs_reset();
+                self.stopped = true;
+                break;
             }
             if !event_idx {
                 break;
@@ -115,7 +183,7 @@ impl BlockHandler {
                 Ok(true) if empty_rounds < 2 => continue,
                 Ok(true) => {
                     // The available index says there is work but nothing
-                    // can be popped: the driver broke the ring. Don't spin.
+                    // can be popped. Don't spin.
                     warn!("virtio-blk: available ring index is invalid");
                     break;
                 }
@@ -143,6 +211,17 @@ impl BlockHandler {
             Err(e) => warn!("virtio-blk: cannot read used_event: {e}"),
         }
         completed
+    }
+}
+
+/// Sets DEVICE_NEEDS_RESET once: `sent` records that it was.
+fn signal_needs_reset(sent: &mut bool, interrupt: &dyn Interrupt) {
+    if *sent {
+        return;
+    }
+    *sent = true;
+    if let Err(e) = interrupt.signal_needs_reset() {
+        error!("virtio-blk: cannot signal DEVICE_NEEDS_RESET: {e}");
     }
 }
 

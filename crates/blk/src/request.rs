@@ -159,6 +159,37 @@ impl RequestError {
     }
 }
 
+/// Why a descriptor chain cannot be answered at all: there is no status
+/// byte to report an error in. The chain is not executed.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    /// No descriptor could be read (a head outside the table, a malformed
+    /// indirect table as the head).
+    #[error("empty descriptor chain")]
+    Empty,
+    /// The chain ends on a descriptor that still has `VIRTQ_DESC_F_NEXT`:
+    /// `virtio_queue` stopped following it (a loop, more descriptors than
+    /// the queue or indirect table holds, a nested or malformed indirect
+    /// table, a `next` outside the table, over 4 GiB in total).
+    #[error(
+        "descriptor chain cut short after {descriptors} descriptors (loop, too long, or a bad next/indirect descriptor)"
+    )]
+    Truncated {
+        /// Descriptors read before the chain was cut.
+        descriptors: usize,
+    },
+    /// The last descriptor is not a device-writable byte in guest memory.
+    #[error("last descriptor ({len} bytes at {addr:#x}, device-{}) is not a usable status byte", if *.writable { "writable" } else { "readable" })]
+    NoStatus {
+        /// Its length.
+        len: u32,
+        /// Its guest physical address.
+        addr: u64,
+        /// Whether it is device-writable.
+        writable: bool,
+    },
+}
+
 /// One segment of a DISCARD or WRITE_ZEROES request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DiscardSegment {
@@ -566,15 +597,37 @@ impl RequestProcessor {
     /// Processes one descriptor chain (the descriptors in chain order, e.g.
     /// a `virtio_queue::DescriptorChain`) and returns the length to put in
     /// the used ring: the bytes written to device-writable buffers,
-    /// status byte included, or 0 when the chain has no usable status
-    /// descriptor and cannot be answered. `buffers` is scratch storage,
-    /// best reused from one request to the next.
+    /// status byte included, or 0 when the chain cannot be answered (see
+    /// [`RequestProcessor::process_chain`], whose error is logged here).
+    /// `buffers` is scratch storage, best reused from one request to the
+    /// next.
     pub fn process<'m>(
         &self,
         mem: &'m GuestMemoryMmap,
         chain: impl IntoIterator<Item = Descriptor>,
         buffers: &mut RequestBuffers<'m>,
     ) -> u32 {
+        self.process_chain(mem, chain, buffers).unwrap_or_else(|e| {
+            warn!("virtio-blk: {e}; dropping the request");
+            0
+        })
+    }
+
+    /// Processes one descriptor chain like [`RequestProcessor::process`],
+    /// but says why a chain could not be answered: it is empty, it was cut
+    /// short (its last descriptor still has `VIRTQ_DESC_F_NEXT`: a loop, a
+    /// chain longer than the queue or its indirect table, a nested or
+    /// malformed indirect table, a `next` outside the table, more than
+    /// 4 GiB), or its last descriptor is not a usable status byte. Such a
+    /// chain is not executed and nothing is written to guest memory; the
+    /// driver broke the ring, and the caller should return the chain with
+    /// used length 0 and make the device need a reset.
+    pub fn process_chain<'m>(
+        &self,
+        mem: &'m GuestMemoryMmap,
+        chain: impl IntoIterator<Item = Descriptor>,
+        buffers: &mut RequestBuffers<'m>,
+    ) -> Result<u32, ChainError> {
         let RequestBuffers { descs, data } = buffers;
         descs.clear();
         // Copied field by field: copying each returned descriptor whole
@@ -585,9 +638,13 @@ impl RequestProcessor {
                 .map(|d| Descriptor::new(d.addr().0, d.len(), d.flags(), d.next())),
         );
         let Some((status, rest)) = descs.split_last() else {
-            warn!("virtio-blk: empty descriptor chain");
-            return 0;
+            return Err(ChainError::Empty);
         };
+        if status.has_next() {
+            return Err(ChainError::Truncated {
+                descriptors: descs.len(),
+            });
+        }
         // The status must be writable before anything is done: a request
         // that cannot be answered must not be executed. The byte's host
         // memory is kept to write the status through.
@@ -598,18 +655,11 @@ impl RequestProcessor {
             None
         };
         let Some(status_byte) = status_byte else {
-            warn!(
-                "virtio-blk: last descriptor ({} bytes at {:#x}, {}) is not a usable status \
-                 byte; dropping the request",
-                status.len(),
-                status.addr().0,
-                if status.is_write_only() {
-                    "device-writable"
-                } else {
-                    "device-readable"
-                }
-            );
-            return 0;
+            return Err(ChainError::NoStatus {
+                len: status.len(),
+                addr: status.addr().0,
+                writable: status.is_write_only(),
+            });
         };
 
         let (written, result) =
@@ -629,6 +679,6 @@ impl RequestProcessor {
             }
         };
         status_byte.store(status);
-        written + 1
+        Ok(written + 1)
     }
 }

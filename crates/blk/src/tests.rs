@@ -44,8 +44,9 @@ type Case = (&'static str, u32, u64, Vec<Buf>);
 const R: bool = false;
 const W: bool = true;
 
+/// Counts used-ring interrupts and DEVICE_NEEDS_RESET signals.
 #[derive(Default)]
-struct CountingInterrupt(AtomicU64);
+struct CountingInterrupt(AtomicU64, AtomicU64);
 
 impl Interrupt for CountingInterrupt {
     fn trigger(&self, kind: InterruptType) -> io::Result<()> {
@@ -53,11 +54,20 @@ impl Interrupt for CountingInterrupt {
         self.0.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
+
+    fn signal_needs_reset(&self) -> io::Result<()> {
+        self.1.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
 }
 
 impl CountingInterrupt {
     fn count(&self) -> u64 {
         self.0.load(Ordering::SeqCst)
+    }
+
+    fn needs_reset(&self) -> u64 {
+        self.1.load(Ordering::SeqCst)
     }
 }
 
@@ -571,8 +581,134 @@ fn chains_without_a_usable_status_are_returned_with_len_0() {
         assert_eq!(drv.used(i as u16), (u32::from(head), 0), "{what}");
         assert_eq!(status(&mem, STATUS), 0xff, "{what}");
         img.assert_unchanged();
+        // The driver is told the ring is broken (once), and the queue
+        // keeps being served.
+        assert!(drv.handler.needs_reset(), "{what}");
+        assert!(!drv.handler.is_stopped(), "{what}");
+        assert_eq!(drv.irq.needs_reset(), 1, "{what}");
     }
     assert_eq!(drv.stats.requests_completed(), 5);
+}
+
+/// Writes raw descriptor `i` of the mock queue's table.
+fn raw_desc(drv: &Driver<'_>, i: u16, addr: u64, len: u32, flags: u32, next: u16) {
+    let desc: RawDescriptor = Descriptor::new(addr, len, flags as u16, next).into();
+    let table = drv.vq.desc_table_addr().0;
+    drv.mem
+        .write_obj(desc, GuestAddress(table + 16 * u64::from(i)))
+        .unwrap();
+}
+
+/// Makes the chain at `head` available (its descriptors written already).
+fn make_available(drv: &Driver<'_>, head: u16) {
+    let avail = drv.vq.avail_addr().0;
+    let idx: u16 = drv.mem.read_obj(GuestAddress(avail + 2)).unwrap();
+    let slot = u64::from(idx % QUEUE_SIZE);
+    drv.mem
+        .write_obj(head, GuestAddress(avail + 4 + 2 * slot))
+        .unwrap();
+    drv.mem
+        .write_obj(idx.wrapping_add(1), GuestAddress(avail + 2))
+        .unwrap();
+}
+
+#[test]
+fn loops_and_chains_cut_short_are_not_executed_and_need_a_reset() {
+    // virtio-queue's DescriptorChain stops silently after `queue size`
+    // descriptors (or at a bad next/indirect descriptor): the prefix it
+    // yields must not be taken for a request. Before the fix, an IN whose
+    // data descriptor points at itself was read 254 times into the same
+    // 512 bytes and answered with used length 254 * 512 + 1.
+    let img = TestImage::new();
+    let mem = memory();
+    let nf = VRING_DESC_F_NEXT;
+    let wf = VRING_DESC_F_WRITE;
+    // (what, [(index, addr, len, flags, next)])
+    type RawChain = Vec<(u16, u64, u32, u32, u16)>;
+    let cases: Vec<(&str, RawChain)> = vec![
+        (
+            "data descriptor looping on itself",
+            vec![(0, HDR, 16, nf, 1), (1, DATA, 512, wf | nf, 1)],
+        ),
+        (
+            "status looping back to the header",
+            vec![
+                (0, HDR, 16, nf, 1),
+                (1, DATA, 512, wf | nf, 2),
+                (2, STATUS, 1, wf | nf, 0),
+            ],
+        ),
+        (
+            "next outside the table",
+            vec![(0, HDR, 16, nf, 1), (1, STATUS, 1, wf | nf, QUEUE_SIZE + 7)],
+        ),
+        (
+            "nested indirect table",
+            vec![
+                (0, HDR, 16, nf, 1),
+                (1, INDIRECT, 32, VRING_DESC_F_INDIRECT, 0),
+            ],
+        ),
+        (
+            "indirect table of 20 bytes",
+            vec![(0, INDIRECT, 20, VRING_DESC_F_INDIRECT, 0)],
+        ),
+    ];
+    for (what, descs) in cases {
+        let mut drv = Driver::new(&mem, img.open(false), false);
+        header(&mem, HDR, VIRTIO_BLK_T_IN, 0);
+        poison_status(&mem, STATUS);
+        mem.write_slice(&[0xee; 512], GuestAddress(DATA)).unwrap();
+        // An indirect table whose entries are themselves indirect.
+        for i in 0..2u64 {
+            let d: RawDescriptor =
+                Descriptor::new(INDIRECT + 0x100, 32, VRING_DESC_F_INDIRECT as u16, 0).into();
+            mem.write_obj(d, GuestAddress(INDIRECT + 16 * i)).unwrap();
+        }
+        for &(i, addr, len, flags, next) in &descs {
+            raw_desc(&drv, i, addr, len, flags, next);
+        }
+        make_available(&drv, 0);
+        assert_eq!(drv.run(), 1, "{what}");
+        assert_eq!(drv.used(0), (0, 0), "{what}: returned with used length 0");
+        assert_eq!(status(&mem, STATUS), 0xff, "{what}: status written");
+        assert_eq!(
+            read_mem(&mem, DATA, 512),
+            vec![0xee; 512],
+            "{what}: data written"
+        );
+        assert_eq!(drv.irq.needs_reset(), 1, "{what}");
+        assert!(drv.handler.needs_reset(), "{what}");
+
+        // The queue is still served.
+        assert_eq!(
+            submit(&mut drv, VIRTIO_BLK_T_IN, 1, &[(DATA + 0x1000, 512, W)]),
+            (OK, 513),
+            "{what}"
+        );
+        assert_eq!(drv.irq.needs_reset(), 1, "{what}: signalled once");
+    }
+    img.assert_unchanged();
+}
+
+#[test]
+fn an_indirect_table_longer_than_the_queue_gets_ioerr() {
+    // 300 data descriptors in one indirect table: more than the queue size
+    // and seg_max; answered with IOERR, nothing read or written.
+    let img = TestImage::new();
+    let mem = memory();
+    let mut drv = Driver::new(&mem, img.open(false), false);
+    header(&mem, HDR, VIRTIO_BLK_T_OUT, 0);
+    poison_status(&mem, STATUS);
+    let mut chain = vec![(HDR, 16, R)];
+    chain.extend((0..300u64).map(|i| (DATA + 512 * i, 512, R)));
+    chain.push((STATUS, 1, W));
+    let head = drv.add_indirect(INDIRECT, &chain);
+    assert_eq!(drv.run(), 1);
+    assert_eq!(drv.used(0), (u32::from(head), 1));
+    assert_eq!(status(&mem, STATUS), IOERR);
+    assert_eq!(drv.irq.needs_reset(), 0);
+    img.assert_unchanged();
 }
 
 #[test]
@@ -898,6 +1034,19 @@ fn broken_rings_do_not_hang_or_panic() {
             .unwrap();
         assert_eq!(drv.run(), 0);
         assert_eq!(drv.irq.count(), 0);
+        // The device asks for a reset and stops touching the queue, also
+        // once the index looks sane again: a storm of notifications costs
+        // one check each.
+        assert_eq!(drv.irq.needs_reset(), 1);
+        assert!(drv.handler.is_stopped());
+        mem.write_obj(0u16, GuestAddress(avail_idx_addr)).unwrap();
+        let head = drv.add(&[(HDR, 16, R), (STATUS, 1, W)]);
+        assert_eq!(head, 0);
+        for _ in 0..10_000 {
+            assert_eq!(drv.run(), 0);
+        }
+        assert_eq!(drv.used_idx(), 0);
+        assert_eq!(drv.irq.needs_reset(), 1);
         drop(drv);
 
         // A head index outside the descriptor table.
@@ -908,6 +1057,8 @@ fn broken_rings_do_not_hang_or_panic() {
         mem.write_obj(1u16, GuestAddress(avail_idx_addr)).unwrap();
         assert_eq!(drv.run(), 0);
         assert_eq!(drv.used_idx(), 0);
+        // It cannot be returned: the device asks for a reset.
+        assert_eq!(drv.irq.needs_reset(), 1);
     }
     img.assert_unchanged();
 }

@@ -17,6 +17,8 @@ use crate::pit;
 use crate::println;
 use crate::virtio::{self, Buf, Dma, Mmio, Queue, QueueError, Ring};
 
+mod hostile;
+
 const BLK_F_SEG_MAX: u64 = 1 << 2;
 const BLK_F_RO: u64 = 1 << 5;
 const BLK_F_BLK_SIZE: u64 = 1 << 6;
@@ -830,6 +832,31 @@ pub fn check(cmdline: Option<&str>, r: &mut Report) {
         );
         check_disk(&mut blk, disk, &params, &mut tsc_hz, r);
         blk.reset();
+        if crate::hostile::enabled(cmdline) {
+            let fill = params
+                .fills
+                .iter()
+                .flatten()
+                .find(|f| {
+                    f.disk == disk
+                        && f.count > 0
+                        && f.first
+                            .checked_add(f.count)
+                            .is_some_and(|e| e <= blk.capacity)
+                })
+                .map(|f| (f.first, f.byte));
+            let mem_mib = bootparams::param(cmdline, "vmkit.mem_mib").and_then(|m| m.parse().ok());
+            let target = hostile::Target {
+                mmio,
+                irq: dev.irq,
+                disk,
+                capacity: blk.capacity,
+                read_only: blk.has(BLK_F_RO),
+                mem_mib,
+                fill,
+            };
+            hostile::run(target, r);
+        }
     }
     for f in params.fills.iter().flatten().filter(|f| f.disk >= disks) {
         r.fail::<()>(

@@ -21,6 +21,7 @@ mod bootparams;
 mod console;
 mod cpu;
 mod e820;
+mod hostile;
 mod irq;
 mod mem;
 mod mptable;

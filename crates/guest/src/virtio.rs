@@ -168,6 +168,26 @@ impl Mmio {
         unsafe { self.reg::<u32>(offset).write_volatile(value) }
     }
 
+    /// The window's base address.
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
+    /// An 8-bit write at `offset` into the window (below 4 KiB).
+    pub fn write8(&self, offset: u64, value: u8) {
+        assert!(offset < 0x1000);
+        // SAFETY: as in `write`: a byte of the device's window, which the
+        // VMM maps 4 KiB long; no memory of ours.
+        unsafe { self.reg::<u8>(offset).write_volatile(value) }
+    }
+
+    /// A 16-bit write at `offset` (2-aligned, below 4 KiB).
+    pub fn write16(&self, offset: u64, value: u16) {
+        assert!(offset.is_multiple_of(2) && offset < 0x1000);
+        // SAFETY: as in `write8`, two bytes.
+        unsafe { self.reg::<u16>(offset).write_volatile(value) }
+    }
+
     fn write64(&self, (low, high): (u64, u64), value: u64) {
         self.write(low, value as u32);
         self.write(high, (value >> 32) as u32);

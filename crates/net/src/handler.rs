@@ -45,6 +45,18 @@ pub struct NetHandler<B> {
     stats: Arc<NetStats>,
     poll: Epoll,
     watching: bool,
+    /// DEVICE_NEEDS_RESET was signalled: the driver broke a queue.
+    needs_reset: bool,
+}
+
+/// Whether `queue`'s available index is more than a queue size ahead of
+/// the next entry to process (virtio-queue then pops nothing; the driver
+/// never makes more than the queue size available), or cannot be read.
+pub(crate) fn avail_index_invalid(mem: &GuestMemoryMmap, queue: &Queue) -> bool {
+    match queue.avail_idx(mem, std::sync::atomic::Ordering::Acquire) {
+        Ok(idx) => idx.0.wrapping_sub(queue.next_avail()) > queue.size(),
+        Err(_) => true,
+    }
 }
 
 impl<B> std::fmt::Debug for NetHandler<B> {
@@ -88,6 +100,7 @@ impl<B: NetBackend + AsRawFd> NetHandler<B> {
             stats,
             poll,
             watching: true,
+            needs_reset: false,
         })
     }
 
@@ -145,6 +158,24 @@ impl<B: NetBackend + AsRawFd> NetHandler<B> {
         }
     }
 
+    /// Whether the handler found a queue broken and signalled
+    /// DEVICE_NEEDS_RESET.
+    pub fn needs_reset(&self) -> bool {
+        self.needs_reset
+    }
+
+    /// Signals DEVICE_NEEDS_RESET, once.
+    fn signal_needs_reset(&mut self, queue: &str) {
+        if self.needs_reset {
+            return;
+        }
+        self.needs_reset = true;
+        warn!("virtio-net: the driver broke the {queue} queue; the device needs a reset");
+        if let Err(e) = self.interrupt.signal_needs_reset() {
+            error!("virtio-net: cannot signal DEVICE_NEEDS_RESET: {e}");
+        }
+    }
+
     fn signal(&self) {
         match self.interrupt.trigger(InterruptType::UsedRing) {
             Ok(()) => self.stats.interrupted(),
@@ -160,6 +191,9 @@ impl<B: NetBackend + AsRawFd> NetHandler<B> {
             .rx
             .process(&self.mem, &mut self.rx_queue, &self.backend, RX_BUDGET);
         self.stats.add_rx(&out);
+        if out.needs_reset {
+            self.signal_needs_reset("RX");
+        }
         match out.status {
             RxStatus::Drained | RxStatus::Budget => self.set_watching(true),
             RxStatus::NeedBuffers | RxStatus::BackendFailed => {
@@ -181,6 +215,9 @@ impl<B: NetBackend + AsRawFd> NetHandler<B> {
             .tx
             .process(&self.mem, &mut self.tx_queue, &self.backend);
         self.stats.add_tx(&out);
+        if out.needs_reset {
+            self.signal_needs_reset("TX");
+        }
         if out.completed == 0 {
             return;
         }

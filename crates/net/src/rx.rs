@@ -87,6 +87,10 @@ enum ChainError {
     TooShort(usize),
     #[error("more than {IOV_MAX} buffers")]
     TooManyBuffers,
+    #[error(
+        "chain cut short after {0} descriptors (loop, too long, or a bad next/indirect descriptor)"
+    )]
+    Truncated(usize),
 }
 
 /// Why [`Rx::process`] returned.
@@ -126,6 +130,10 @@ pub struct RxOutcome {
     pub used: u64,
     /// Why the call returned.
     pub status: RxStatus,
+    /// The driver broke the queue (a chain cut short, an available index
+    /// more than a queue size ahead): the device should signal
+    /// DEVICE_NEEDS_RESET.
+    pub needs_reset: bool,
 }
 
 /// Receives frames into the buffers the driver posts on an RX queue.
@@ -216,8 +224,10 @@ impl Rx {
         let mut bufs = Vec::new();
         let mut total = 0usize;
         let mut count = 0usize;
+        let mut last_has_next = false;
         for (i, desc) in chain.into_iter().enumerate() {
             count += 1;
+            last_has_next = desc.has_next();
             if !desc.is_write_only() {
                 return Err(ChainError::Readable(i));
             }
@@ -236,6 +246,9 @@ impl Rx {
             }
             bufs.push((desc.addr(), len));
             total += len;
+        }
+        if last_has_next {
+            return Err(ChainError::Truncated(count));
         }
         if total < VNET_HDR_LEN {
             return Err(ChainError::TooShort(total));
@@ -272,6 +285,9 @@ impl Rx {
                     self.held.push_back(rx_chain);
                 }
                 Err(e) => {
+                    if matches!(e, ChainError::Truncated(_)) {
+                        out.needs_reset = true;
+                    }
                     self.bad_chains += 1;
                     out.bad_chains += 1;
                     if should_log(self.bad_chains) {
@@ -283,7 +299,10 @@ impl Rx {
                     }
                     match self.publish(mem, queue, &[(head, 0)]) {
                         Ok(()) => out.used += 1,
-                        Err(e) => warn!("virtio-net: RX: cannot return descriptor {head}: {e}"),
+                        Err(e) => {
+                            warn!("virtio-net: RX: cannot return descriptor {head}: {e}");
+                            out.needs_reset = true;
+                        }
                     }
                 }
             }
@@ -377,7 +396,10 @@ impl Rx {
                 if self.refill(mem, queue, out) > 0 {
                     return true;
                 }
-                warn!("virtio-net: RX: available ring index is invalid");
+                if crate::handler::avail_index_invalid(mem, queue) {
+                    warn!("virtio-net: RX: available index more than a queue size ahead");
+                    out.needs_reset = true;
+                }
                 false
             }
             Ok(false) => false,

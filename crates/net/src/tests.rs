@@ -137,8 +137,9 @@ impl AsRawFd for MemBackend {
     }
 }
 
+/// Counts used-ring interrupts and DEVICE_NEEDS_RESET signals.
 #[derive(Default)]
-struct CountingInterrupt(AtomicU64);
+struct CountingInterrupt(AtomicU64, AtomicU64);
 
 impl Interrupt for CountingInterrupt {
     fn trigger(&self, kind: InterruptType) -> io::Result<()> {
@@ -146,11 +147,20 @@ impl Interrupt for CountingInterrupt {
         self.0.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
+
+    fn signal_needs_reset(&self) -> io::Result<()> {
+        self.1.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
 }
 
 impl CountingInterrupt {
     fn count(&self) -> u64 {
         self.0.load(Ordering::SeqCst)
+    }
+
+    fn needs_reset(&self) -> u64 {
+        self.1.load(Ordering::SeqCst)
     }
 }
 
@@ -912,5 +922,118 @@ impl Driver<'_> {
     ) {
         let addr = vq.avail_addr().0 + 4 + 2 * u64::from(size);
         mem.write_obj(value, GuestAddress(addr)).unwrap();
+    }
+}
+
+/// Writes raw descriptor `i` of `q`'s table.
+fn raw_desc(
+    mem: &GuestMemoryMmap,
+    q: &MockSplitQueue<'_, GuestMemoryMmap>,
+    i: u16,
+    (addr, len, flags, next): (u64, u32, u32, u16),
+) {
+    let desc: RawDescriptor = Descriptor::new(addr, len, flags as u16, next).into();
+    mem.write_obj(
+        desc,
+        GuestAddress(q.desc_table_addr().0 + 16 * u64::from(i)),
+    )
+    .unwrap();
+}
+
+/// Makes the chain at `head` of `q` available.
+fn make_available(mem: &GuestMemoryMmap, q: &MockSplitQueue<'_, GuestMemoryMmap>, head: u16) {
+    let avail = q.avail_addr().0;
+    let idx: u16 = mem.read_obj(GuestAddress(avail + 2)).unwrap();
+    let slot = u64::from(idx % QSIZE);
+    mem.write_obj(head, GuestAddress(avail + 4 + 2 * slot))
+        .unwrap();
+    mem.write_obj(idx.wrapping_add(1), GuestAddress(avail + 2))
+        .unwrap();
+}
+
+#[test]
+fn tx_loops_are_dropped_unsent_and_need_a_reset() {
+    // Before the fix a TX chain looping on itself was sent as the prefix
+    // virtio-queue yields: the same buffer repeated up to the frame limit.
+    let mem = memory();
+    let nf = VRING_DESC_F_NEXT;
+    // (what, [(index, (addr, len, flags, next))])
+    type RawChain = Vec<(u16, (u64, u32, u32, u16))>;
+    let cases: [(&str, RawChain); 3] = [
+        ("self loop", vec![(0, (BUF, 64, nf, 0))]),
+        (
+            "two-descriptor loop",
+            vec![(0, (BUF, 12, nf, 1)), (1, (BUF + 0x100, 60, nf, 0))],
+        ),
+        (
+            "next outside the table",
+            vec![(0, (BUF, 74, nf, QSIZE + 1))],
+        ),
+    ];
+    for (what, descs) in cases {
+        let mut drv = Driver::new(&mem, base());
+        for (i, d) in descs {
+            raw_desc(&mem, &drv.txq, i, d);
+        }
+        make_available(&mem, &drv.txq, 0);
+        drv.handler.process_queue(TX_QUEUE);
+        assert!(drv.backend.written().is_empty(), "{what}: a frame was sent");
+        assert_eq!(drv.tx_used_idx(), 1, "{what}: the chain was not returned");
+        assert_eq!(drv.tx_used(0), (0, 0), "{what}");
+        assert_eq!(drv.irq.needs_reset(), 1, "{what}");
+        assert!(drv.handler.needs_reset(), "{what}");
+        // A good frame still goes out; the reset is signalled once.
+        let f = frame(0, 0, 60, 1);
+        mem.write_slice(&f, GuestAddress(BUF + 0x1000)).unwrap();
+        drv.tx_next = 2;
+        drv.add_tx(&[(BUF + 0x1000, f.len() as u32, R)]);
+        drv.handler.process_queue(TX_QUEUE);
+        assert_eq!(drv.backend.written(), vec![f], "{what}");
+        assert_eq!(drv.irq.needs_reset(), 1, "{what}");
+    }
+}
+
+#[test]
+fn rx_loops_are_returned_unused_and_need_a_reset() {
+    let mem = memory();
+    let mut drv = Driver::new(&mem, base());
+    let (nf, wf) = (VRING_DESC_F_NEXT, VRING_DESC_F_WRITE);
+    raw_desc(&mem, &drv.rxq, 0, (BUF, 2048, wf | nf, 0));
+    make_available(&mem, &drv.rxq, 0);
+    mem.write_slice(&[0xee; 64], GuestAddress(BUF)).unwrap();
+    drv.backend.push(frame(0, 0, 100, 2));
+    drv.handler.process_queue(RX_QUEUE);
+    assert_eq!(drv.rx_used_idx(), 1);
+    assert_eq!(drv.rx_used(0), (0, 0));
+    assert_eq!(
+        read_mem(&mem, BUF, 64),
+        vec![0xee; 64],
+        "a frame was written"
+    );
+    assert_eq!(drv.irq.needs_reset(), 1);
+    assert_eq!(drv.backend.pending(), 1, "the frame is still waiting");
+}
+
+#[test]
+fn an_avail_index_far_ahead_needs_a_reset_and_does_not_spin() {
+    let mem = memory();
+    for features in [base(), base() | bit(VIRTIO_RING_F_EVENT_IDX)] {
+        let mut drv = Driver::new(&mem, features);
+        for q in [&drv.txq, &drv.rxq] {
+            mem.write_obj(QSIZE + 5, GuestAddress(q.avail_addr().0 + 2))
+                .unwrap();
+        }
+        drv.backend.push(frame(0, 0, 60, 3));
+        let start = Instant::now();
+        for _ in 0..1000 {
+            drv.handler.process_queue(TX_QUEUE);
+            drv.handler.process_queue(RX_QUEUE);
+        }
+        assert!(start.elapsed() < Duration::from_secs(5));
+        assert_eq!(drv.irq.needs_reset(), 1);
+        assert_eq!(drv.tx_used_idx(), 0);
+        assert_eq!(drv.rx_used_idx(), 0);
+        assert!(drv.backend.written().is_empty());
+        assert!(drv.handler.is_rx_paused());
     }
 }

@@ -62,6 +62,13 @@ pub enum TxError {
         /// What is wrong.
         what: &'static str,
     },
+    /// The chain ends on a descriptor that still has `VIRTQ_DESC_F_NEXT`:
+    /// virtio-queue stopped following it (a loop, more descriptors than the
+    /// queue or indirect table, a bad next or indirect descriptor).
+    #[error(
+        "chain cut short after {0} descriptors (loop, too long, or a bad next/indirect descriptor)"
+    )]
+    Truncated(usize),
     /// The backend refused the frame.
     #[error("backend write failed: {0}")]
     Backend(#[source] io::Error),
@@ -78,6 +85,10 @@ pub struct TxOutcome {
     pub dropped: u64,
     /// Chains returned to the used ring (sent or dropped).
     pub completed: u64,
+    /// The driver broke the queue (a chain cut short, an available index
+    /// more than a queue size ahead): the device should signal
+    /// DEVICE_NEEDS_RESET.
+    pub needs_reset: bool,
 }
 
 /// Sends what the driver puts on a TX queue.
@@ -146,7 +157,11 @@ impl Tx {
     ) -> Result<usize, TxError> {
         let mut slices: Vec<VolatileSlice<'_>> = Vec::new();
         let mut total = 0usize;
+        let mut count = 0usize;
+        let mut last_has_next = false;
         for (i, desc) in chain.into_iter().enumerate() {
+            count += 1;
+            last_has_next = desc.has_next();
             if desc.is_write_only() {
                 return Err(TxError::WritableDescriptor(i));
             }
@@ -165,6 +180,9 @@ impl Tx {
                 }
                 slices.push(slice);
             }
+        }
+        if last_has_next {
+            return Err(TxError::Truncated(count));
         }
         if total < VNET_HDR_LEN {
             return Err(TxError::HeaderTooShort(total));
@@ -211,6 +229,9 @@ impl Tx {
                         outcome.bytes += len as u64;
                     }
                     Err(e) => {
+                        if matches!(e, TxError::Truncated(_)) {
+                            outcome.needs_reset = true;
+                        }
                         outcome.dropped += 1;
                         self.dropped += 1;
                         if should_log(self.dropped) {
@@ -223,9 +244,15 @@ impl Tx {
                 }
                 if let Err(e) = queue.add_used(mem, head, 0) {
                     warn!("virtio-net: TX: cannot return descriptor {head}: {e}");
+                    outcome.needs_reset = true;
                     continue;
                 }
                 outcome.completed += 1;
+            }
+            if crate::handler::avail_index_invalid(mem, queue) {
+                warn!("virtio-net: TX: available index more than a queue size ahead");
+                outcome.needs_reset = true;
+                break;
             }
             if !event_idx {
                 break;
