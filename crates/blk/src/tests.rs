@@ -971,6 +971,97 @@ fn backend_errors_give_ioerr() {
     assert_eq!(submit(&mut drv, VIRTIO_BLK_T_FLUSH, 0, &[]), (OK, 1));
 }
 
+/// A disk whose `n`th write (counting from 1) fails with EIO, as a disk
+/// failing in the middle of a request would; every other access goes to
+/// the in-memory image.
+#[derive(Debug)]
+struct FailNthWrite {
+    disk: MemDisk,
+    writes: AtomicU64,
+    fail_at: u64,
+}
+
+impl DiskImage for FailNthWrite {
+    fn size(&self) -> u64 {
+        self.disk.size()
+    }
+
+    fn is_read_only(&self) -> bool {
+        false
+    }
+
+    fn read_at(
+        &self,
+        buf: &mut vm_memory::VolatileSlice<'_>,
+        offset: u64,
+    ) -> vmkit_disk::Result<()> {
+        self.disk.read_at(buf, offset)
+    }
+
+    fn write_at(&self, buf: &vm_memory::VolatileSlice<'_>, offset: u64) -> vmkit_disk::Result<()> {
+        if self.writes.fetch_add(1, Ordering::SeqCst) + 1 == self.fail_at {
+            return Err(io::Error::from_raw_os_error(libc::EIO).into());
+        }
+        self.disk.write_at(buf, offset)
+    }
+
+    fn flush(&self) -> vmkit_disk::Result<()> {
+        self.disk.flush()
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> vmkit_disk::Result<()> {
+        self.disk.discard(offset, len)
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> vmkit_disk::Result<()> {
+        self.disk.write_zeroes(offset, len, unmap)
+    }
+}
+
+#[test]
+fn a_write_failing_mid_request_gives_ioerr_and_later_requests_work() {
+    let mem = memory();
+    // The second write of the disk's life fails: the middle segment of a
+    // three-segment request.
+    let disk = Arc::new(FailNthWrite {
+        disk: MemDisk::new(DISK_SIZE as usize, false),
+        writes: AtomicU64::new(0),
+        fail_at: 2,
+    });
+    let mut drv = Driver::new(&mem, disk.clone(), false);
+    let data = pattern(3 * 512, 3);
+    mem.write_slice(&data, GuestAddress(DATA)).unwrap();
+    let bufs = [(DATA, 512, R), (DATA + 512, 512, R), (DATA + 1024, 512, R)];
+    // Nothing but the status is written to the driver's buffers.
+    assert_eq!(submit(&mut drv, VIRTIO_BLK_T_OUT, 20, &bufs), (IOERR, 1));
+    assert_eq!(
+        disk.writes.load(Ordering::SeqCst),
+        2,
+        "stopped at the failure"
+    );
+    let contents = disk.disk.contents();
+    // The segment before the failure may have landed (a failed write
+    // leaves its range undefined); the one after it was never tried.
+    assert_eq!(&contents[20 * 512..21 * 512], &data[..512]);
+    assert!(contents[21 * 512..23 * 512].iter().all(|&b| b == 0));
+
+    // The device goes on: the same request again, a read and a flush.
+    assert_eq!(submit(&mut drv, VIRTIO_BLK_T_OUT, 20, &bufs), (OK, 1));
+    let dst = DATA + 0x10000;
+    assert_eq!(
+        submit(&mut drv, VIRTIO_BLK_T_IN, 20, &[(dst, 3 * 512, W)]),
+        (OK, 3 * 512 + 1)
+    );
+    assert_eq!(read_mem(&mem, dst, 3 * 512), data);
+    assert_eq!(submit(&mut drv, VIRTIO_BLK_T_FLUSH, 0, &[]), (OK, 1));
+    assert_eq!(drv.stats.requests_completed(), 4);
+    assert_eq!(
+        drv.irq.needs_reset(),
+        0,
+        "an I/O error is not a broken ring"
+    );
+}
+
 #[test]
 fn event_idx_suppresses_interrupts() {
     let img = TestImage::new();

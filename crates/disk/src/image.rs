@@ -1,6 +1,9 @@
 //! The interface between device models and disk image formats.
 
 use std::fmt::Debug;
+use std::fs::File;
+use std::io;
+use std::sync::OnceLock;
 
 use vm_memory::VolatileSlice;
 
@@ -43,7 +46,9 @@ pub trait DiskImage: Debug + Send + Sync {
     /// Writes `buf` to the image at `offset..offset + buf.len()`.
     fn write_at(&self, buf: &VolatileSlice<'_>, offset: u64) -> Result<()>;
 
-    /// Makes every completed write durable.
+    /// Makes every completed write durable. The file-backed images fail
+    /// every flush after one that failed: the host may have dropped the
+    /// data it could not write, and would not say so again.
     fn flush(&self) -> Result<()>;
 
     /// Tells the image that `offset..offset + len` is no longer used. The
@@ -72,4 +77,39 @@ pub(crate) fn check_write(read_only: bool, offset: u64, len: u64, size: u64) -> 
         return Err(Error::ReadOnly);
     }
     check_range(offset, len, size)
+}
+
+/// `fdatasync(2)` of `file`, failing for good once it has failed: the
+/// first error is kept in `failed`.
+pub(crate) fn sticky_sync(file: &File, failed: &OnceLock<String>) -> Result<()> {
+    if let Some(first) = failed.get() {
+        return Err(Error::Io(io::Error::other(format!(
+            "an earlier flush failed ({first}); data written before it may be lost"
+        ))));
+    }
+    file.sync_data().map_err(|e| {
+        let _ = failed.set(e.to_string());
+        Error::Io(e)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_sync_fails_every_later_one() {
+        // fdatasync(2) of a pipe fails (EINVAL): a stand-in for the EIO of
+        // a failed writeback, which a later fdatasync would not report.
+        let (reader, _writer) = io::pipe().unwrap();
+        let file = File::from(std::os::fd::OwnedFd::from(reader));
+        let failed = OnceLock::new();
+        let first = sticky_sync(&file, &failed).unwrap_err().to_string();
+        assert!(first.contains("Invalid argument"), "{first}");
+        for _ in 0..2 {
+            let again = sticky_sync(&file, &failed).unwrap_err().to_string();
+            assert!(again.contains("an earlier flush failed"), "{again}");
+            assert!(again.contains("Invalid argument"), "{again}");
+        }
+    }
 }

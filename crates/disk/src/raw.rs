@@ -5,12 +5,13 @@ use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use log::{debug, warn};
 use vm_memory::VolatileSlice;
 use vmm_sys_util::fallocate::{FallocateMode, fallocate};
 
-use crate::image::{check_range, check_write};
+use crate::image::{check_range, check_write, sticky_sync};
 use crate::{DiskImage, Error, Result, SECTOR_SIZE};
 
 /// The largest buffer of zeros written at once when the file system cannot
@@ -52,6 +53,9 @@ pub struct RawImage {
     read_only: bool,
     /// The file system's block size: the granularity of hole punching.
     fs_block_size: u32,
+    /// The error of the first flush that failed: every later flush fails
+    /// too (see [`RawImage::flush`](DiskImage::flush)).
+    flush_failed: OnceLock<String>,
 }
 
 impl RawImage {
@@ -156,6 +160,7 @@ impl RawImage {
             size,
             read_only,
             fs_block_size,
+            flush_failed: OnceLock::new(),
         })
     }
 
@@ -271,9 +276,13 @@ impl DiskImage for RawImage {
         Ok(())
     }
 
+    /// `fdatasync(2)`. Once it has failed, every later flush fails too:
+    /// the kernel may have dropped the dirty pages that could not be
+    /// written and reports the error only once, so a later `fdatasync`
+    /// that succeeds would tell the guest that lost data is durable
+    /// (QEMU's file-posix driver does the same).
     fn flush(&self) -> Result<()> {
-        self.file.sync_data()?;
-        Ok(())
+        sticky_sync(&self.file, &self.flush_failed)
     }
 
     fn discard(&self, offset: u64, len: u64) -> Result<()> {

@@ -17,13 +17,14 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use vmm_sys_util::fallocate::{FallocateMode, fallocate};
 
 use super::cache::TableCache;
 use super::fast::FastL2;
 use super::header::{self, Header};
+use crate::image::sticky_sync;
 use crate::{Error, Result};
 
 /// L1 and L2 entries: the host offset bits.
@@ -107,6 +108,8 @@ pub(crate) struct Meta {
     pub decompressed: Option<(u64, Vec<u8>)>,
     /// While refcounts are rebuilt: the references counted.
     pub rebuild: Option<Vec<u16>>,
+    /// The error of the first sync that failed.
+    pub sync_failed: OnceLock<String>,
 }
 
 impl Meta {
@@ -123,9 +126,12 @@ impl Meta {
         Ok(())
     }
 
+    /// `fdatasync(2)`; once it has failed, it fails for good (see
+    /// [`RawImage`](crate::RawImage)'s flush): the metadata and data
+    /// written before it may be lost, and no later sync may pretend
+    /// otherwise, nor order anything after them.
     pub(crate) fn sync(&self) -> Result<()> {
-        self.file.sync_data()?;
-        Ok(())
+        sticky_sync(&self.file, &self.sync_failed)
     }
 
     /// Reads `len` bytes of metadata at `off`; the file must hold them.

@@ -377,7 +377,7 @@ impl Qcow2Image {
             path: path.to_path_buf(),
             reason,
         };
-        let file_len = file.metadata()?.len();
+        let file_len = file_size(&file)?;
         let mut head = vec![0u8; 24.min(file_len as usize)];
         read_exact(&file, &mut head, 0)?;
         let cluster_bits = header::peek_cluster_bits(&head).map_err(invalid)?;
@@ -491,6 +491,7 @@ impl Qcow2Image {
             has_backing,
             decompressed: None,
             rebuild: None,
+            sync_failed: std::sync::OnceLock::new(),
             hdr,
         };
         if meta.hdr.nb_snapshots > 0 {
@@ -906,6 +907,17 @@ impl Qcow2Image {
         }
         Ok(())
     }
+}
+
+/// The size of an image file, or of a block device (whose `st_size` is 0).
+fn file_size(file: &File) -> Result<u64> {
+    let meta = file.metadata()?;
+    if meta.file_type().is_block_device() {
+        use std::io::{Seek, SeekFrom};
+        let mut f = file;
+        return Ok(f.seek(SeekFrom::End(0))?);
+    }
+    Ok(meta.len())
 }
 
 fn read_exact(file: &File, buf: &mut [u8], off: u64) -> Result<()> {
