@@ -98,6 +98,11 @@ enum VmEnd {
 }
 
 fn main() -> ExitCode {
+    // The devices log what a guest does wrong (a bad request, a broken
+    // queue) at warn level; RUST_LOG changes the level.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp(None)
+        .init();
     let args = match Args::try_parse() {
         Ok(args) => args,
         Err(e) if !e.use_stderr() => e.exit(), // --help, --version
