@@ -5,6 +5,10 @@
 #   OUTDIR/vmlinuz     Debian's cloud kernel (bzImage), as shipped
 #   OUTDIR/vmlinux     the uncompressed ELF kernel taken out of it (PVH entry note)
 #   OUTDIR/initrd.img  gzip'd newc cpio: busybox-static, the virtio modules, /init
+#   OUTDIR/initrd-qemu.img  the same for QEMU's PCI machines (q35/pc): also
+#                      virtio_pci and qemu_fw_cfg, the static tool
+#                      /bin/vmkit-blkio (scripts/vmkit-blkio.c), and an /init
+#                      that runs a script the host passes through fw_cfg
 #   OUTDIR/manifest    what was built from what ("kernel <version>" first)
 #
 # usage: scripts/debian-guest.sh [OUTDIR]      (default: target/debian-guest)
@@ -14,6 +18,11 @@
 # `vmkit.ip=A/N vmkit.peer=P` on the kernel command line configures eth0 and
 # prints `vmkit-linux: ping ok: P` or `vmkit-linux: ping failed: P`, then
 # `vmkit-linux: ready`, and powers off (`poweroff -f`).
+#
+# initrd-qemu.img's /init does the same and, before `ready`, runs the shell
+# script QEMU passes with `-fw_cfg name=opt/vmkit/script,file=PATH` (seen
+# at /sys/firmware/qemu_fw_cfg/by_name/opt/vmkit/script/raw), printing
+# `vmkit-linux: script exit <status>` after it.
 #
 # Idempotent: when OUTDIR/manifest already describes the packages apt would
 # pick and this script's own contents, it only says so. Needs apt-get and
@@ -26,6 +35,10 @@ BUSYBOX_PKG=busybox-static
 # Load order: each module only needs the ones before it (the packages ship no
 # modules.dep). Modules the kernel has built in are left out.
 MODULES=(virtio_ring virtio virtio_mmio virtio_blk failover net_failover virtio_net)
+# initrd-qemu.img also has these, loaded after MODULES' virtio_mmio: virtio
+# over PCI (virtio_pci needs the other two) and QEMU's fw_cfg in sysfs.
+QEMU_MODULES=(virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci qemu_fw_cfg)
+BLKIO_SRC=vmkit-blkio.c
 
 log() { echo "debian-guest: $*"; }
 die() {
@@ -93,10 +106,12 @@ fi
 read -r kernel_pkg kernel_ver busybox_ver <<<"$resolved"
 kernel_release=${kernel_pkg#linux-image-}
 
-script_sum=$(sha256sum "$script" | cut -c1-16)
+blkio_src="$(dirname "$script")/$BLKIO_SRC"
+[ -f "$blkio_src" ] || die "$blkio_src is missing"
+script_sum=$(cat "$script" "$blkio_src" | sha256sum | cut -c1-16)
 stamp="packages $kernel_pkg=$kernel_ver $BUSYBOX_PKG=$busybox_ver script=$script_sum"
 if [ -f "$OUT/manifest" ] && grep -qxF "$stamp" "$OUT/manifest" &&
-    [ -s "$OUT/vmlinuz" ] && [ -s "$OUT/vmlinux" ] && [ -s "$OUT/initrd.img" ]; then
+    [ -s "$OUT/vmlinuz" ] && [ -s "$OUT/vmlinux" ] && [ -s "$OUT/initrd.img" ] && [ -s "$OUT/initrd-qemu.img" ]; then
     log "$OUT is up to date ($(head -n1 "$OUT/manifest"))"
     exit 0
 fi
@@ -104,6 +119,14 @@ fi
 need readelf binutils
 need gzip gzip
 need sha256sum coreutils
+need gcc gcc
+# gcc -static needs libc.a (libc6-dev, which gcc only recommends).
+if [ "$(gcc -print-file-name=libc.a)" = libc.a ]; then
+    [ "$(id -u)" = 0 ] || die "gcc has no libc.a: install the Debian package libc6-dev (apt-get install libc6-dev)"
+    log "installing libc6-dev (for gcc -static)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends libc6-dev >/dev/null ||
+        die "apt-get install libc6-dev failed"
+fi
 
 # Download (kept in OUT/debs, so a rebuild needs no network).
 debs="$OUT/debs"
@@ -199,22 +222,28 @@ for applet in $("$bb" --list); do
 done
 loaded=()
 builtin=()
-for m in "${MODULES[@]}"; do
+# add_module NAME DIR: copies NAME.ko (uncompressed) to DIR, or notes that
+# the kernel has it built in.
+add_module() {
+    local m=$1 dir=$2 ko
     ko=$(find "$moddir/kernel" \( -name "$m.ko" -o -name "$m.ko.xz" -o -name "$m.ko.zst" -o -name "$m.ko.gz" \) -print -quit)
     if [ -z "$ko" ]; then
         # modules.builtin names built-in ones by path, with - or _.
         grep -qE "/${m//_/[-_]}\.ko$" "$moddir/modules.builtin" ||
             die "$kernel_pkg has $m neither as a module nor built in"
         builtin+=("$m")
-        continue
+        return 0
     fi
     case $ko in
-    *.ko) cp "$ko" "$root/lib/modules/$m.ko" ;;
-    *.xz) "$bb" unxz -c "$ko" >"$root/lib/modules/$m.ko" ;;
-    *.gz) "$bb" gunzip -c "$ko" >"$root/lib/modules/$m.ko" ;;
-    *.zst) need zstd zstd && zstd -dcq "$ko" >"$root/lib/modules/$m.ko" ;;
+    *.ko) cp "$ko" "$dir/$m.ko" ;;
+    *.xz) "$bb" unxz -c "$ko" >"$dir/$m.ko" ;;
+    *.gz) "$bb" gunzip -c "$ko" >"$dir/$m.ko" ;;
+    *.zst) need zstd zstd && zstd -dcq "$ko" >"$dir/$m.ko" ;;
     esac
     loaded+=("$m")
+}
+for m in "${MODULES[@]}"; do
+    add_module "$m" "$root/lib/modules"
 done
 echo "${loaded[*]}" >"$root/etc/modules"
 
@@ -288,10 +317,46 @@ chmod 755 "$root/init"
 if [ "$(id -u)" = 0 ]; then
     mknod -m 600 "$root/dev/console" c 5 1
 fi
-# Reproducible: fixed times, root owner, sorted names, gzip without a name.
-find "$root" -exec touch -h -d @0 {} +
-(cd "$root" && find . -mindepth 1 | LC_ALL=C sort | "$bb" cpio -o -H newc -R 0:0 2>/dev/null) |
-    gzip -n -9 >"$work/initrd.img"
+# pack DIR IMAGE. Reproducible: fixed times, root owner, sorted names, gzip
+# without a name.
+pack() {
+    find "$1" -exec touch -h -d @0 {} +
+    (cd "$1" && find . -mindepth 1 | LC_ALL=C sort | "$bb" cpio -o -H newc -R 0:0 2>/dev/null) |
+        gzip -n -9 >"$2"
+}
+pack "$root" "$work/initrd.img"
+
+# --- initrd-qemu.img --------------------------------------------------------
+qroot="$work/initrd-qemu"
+cp -a "$root" "$qroot"
+base_modules=("${loaded[@]}")
+base_builtin=("${builtin[@]}")
+loaded=()
+qemu_order=()
+for m in "${MODULES[@]}"; do
+    qemu_order+=("$m")
+    [ "$m" = virtio_mmio ] && qemu_order+=("${QEMU_MODULES[@]}")
+done
+for m in "${qemu_order[@]}"; do
+    add_module "$m" "$qroot/lib/modules"
+done
+qemu_modules=("${loaded[@]}")
+loaded=("${base_modules[@]}")
+builtin=("${base_builtin[@]}")
+echo "${qemu_modules[*]}" >"$qroot/etc/modules"
+gcc -O2 -static -pthread -Wall -o "$qroot/bin/vmkit-blkio" "$blkio_src" ||
+    die "cannot build $blkio_src statically (gcc -static needs libc6-dev's libc.a)"
+strip "$qroot/bin/vmkit-blkio"
+# The fw_cfg hook goes in just before `say ready`.
+hook='script=/sys/firmware/qemu_fw_cfg/by_name/opt/vmkit/script/raw
+if [ -f "$script" ]; then
+    cat "$script" >/tmp/script
+    sh /tmp/script
+    say "script exit $?"
+fi'
+awk -v hook="$hook" '$0 == "say ready" { print hook } { print }' "$root/init" >"$qroot/init"
+grep -q qemu_fw_cfg "$qroot/init" || die "the fw_cfg hook did not go into initrd-qemu.img's /init"
+pack "$qroot" "$work/initrd-qemu.img"
 
 # --- outputs --------------------------------------------------------------
 cp "$vmlinuz" "$work/vmlinuz"
@@ -302,10 +367,11 @@ cp "$vmlinuz" "$work/vmlinuz"
     echo "pvh-entry $pvh_entry"
     echo "modules ${loaded[*]}"
     echo "builtin ${builtin[*]:-}"
+    echo "qemu-modules ${qemu_modules[*]}"
     echo "$stamp"
 } >"$work/manifest"
-for f in vmlinuz vmlinux initrd.img manifest; do
+for f in vmlinuz vmlinux initrd.img initrd-qemu.img manifest; do
     mv -f "$work/$f" "$OUT/$f"
 done
 size() { echo "$(($(stat -c %s "$OUT/$1") / 1024)) KiB"; }
-log "built $OUT: kernel $kernel_release ($fmt bzImage, $(size vmlinuz); vmlinux $(size vmlinux), PVH entry $pvh_entry), initrd.img $(size initrd.img) (modules: ${loaded[*]})"
+log "built $OUT: kernel $kernel_release ($fmt bzImage, $(size vmlinuz); vmlinux $(size vmlinux), PVH entry $pvh_entry), initrd.img $(size initrd.img) (modules: ${loaded[*]}), initrd-qemu.img $(size initrd-qemu.img)"
