@@ -25,14 +25,24 @@
 //!   copy). A frame larger than that chain is dropped, counted and logged,
 //!   and the chain is kept for the next frame.
 //! - With VIRTIO_NET_F_MRG_RXBUF a frame may span several chains. When the
-//!   held chains hold a header plus [`MAX_FRAME_LEN`] bytes (the largest
-//!   frame the tap can produce), the frame is read straight into them.
-//!   Otherwise (the driver is short of buffers) it is read into a host
-//!   buffer of one frame (the stash) and copied into the guest's buffers as
-//!   soon as they hold it; meanwhile the backend is not read. A stashed
-//!   frame is dropped only when every descriptor of the queue is already
-//!   held and it still does not fit. A driver that keeps its ring full
-//!   (Linux does) never takes the copying path.
+//!   held chains hold the largest frame the driver can be sent (its bound:
+//!   a header plus [`MAX_FRAME_LEN`] bytes with VIRTIO_NET_F_GUEST_TSO4,
+//!   TSO6, UFO, USO4 or USO6, else a header plus a 1500-byte-MTU Ethernet
+//!   frame with a VLAN tag), the frame is read straight into as many of
+//!   them as cover the bound, followed by the rest of a host buffer of one
+//!   frame (the stash) in place of the extra byte: a frame larger than the
+//!   bound (a tap with a larger MTU) is not lost, its tail is copied from
+//!   the stash into the next held chains, and the bound grows to it so that
+//!   the next such frame goes straight in. Otherwise (the driver is short
+//!   of buffers) the frame is read into the stash and copied into the
+//!   guest's buffers as soon as they hold it; meanwhile the backend is not
+//!   read. A stashed frame is dropped only when every descriptor of the
+//!   queue is already held and it still does not fit. A driver that keeps
+//!   its ring full (Linux does) never takes the copying path.
+//!
+//! Within one [`Rx::process`] call the I/O vectors of the held chains are
+//! gathered once and reused from frame to frame: a chain is looked up in
+//! guest memory once, however many frames are read while it is held.
 //!
 //! The header comes from the tap; the device sets `num_buffers` (the number
 //! of chains used, 1 without MRG_RXBUF) and clears `flags` if the driver did
@@ -45,8 +55,12 @@ use std::io;
 use std::num::Wrapping;
 use std::sync::atomic::{Ordering, fence};
 
-use log::{error, warn};
-use virtio_bindings::virtio_net::{VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MRG_RXBUF};
+use log::{debug, error, warn};
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+    VIRTIO_NET_F_GUEST_UFO, VIRTIO_NET_F_GUEST_USO4, VIRTIO_NET_F_GUEST_USO6,
+    VIRTIO_NET_F_MRG_RXBUF,
+};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, VolatileSlice};
@@ -63,17 +77,46 @@ const USED_ELEM: u64 = 8;
 const AVAIL_RING_HEADER: u64 = 4;
 const AVAIL_ELEM: u64 = 2;
 
+/// The largest frame a driver without guest segmentation offloads is sent
+/// by a tap of the usual 1500-byte MTU: the payload, the Ethernet header
+/// (14 bytes) and a VLAN tag (4 bytes).
+const MTU_FRAME_LEN: usize = 1500 + 14 + 4;
+
+/// The stash: any frame with its header, and one byte more to tell a frame
+/// that is too large.
+const STASH_LEN: usize = VNET_HDR_LEN + MAX_FRAME_LEN + 1;
+
+/// The largest frame, header included, a driver that accepted `features`
+/// can be sent: with a guest segmentation offload a 64 KiB GSO packet,
+/// else an MTU-sized frame.
+fn frame_bound(features: u64) -> usize {
+    let gso = [
+        VIRTIO_NET_F_GUEST_TSO4,
+        VIRTIO_NET_F_GUEST_TSO6,
+        VIRTIO_NET_F_GUEST_UFO,
+        VIRTIO_NET_F_GUEST_USO4,
+        VIRTIO_NET_F_GUEST_USO6,
+    ]
+    .iter()
+    .any(|&b| features & (1 << b) != 0);
+    VNET_HDR_LEN + if gso { MAX_FRAME_LEN } else { MTU_FRAME_LEN }
+}
+
 /// A chain popped from the available ring and held until a frame fills it.
 #[derive(Debug)]
 struct RxChain {
     head: u16,
-    /// Device-writable buffers in chain order, each inside guest memory.
-    bufs: Vec<(GuestAddress, usize)>,
+    /// How many device-writable buffers it has: the next ones of
+    /// `Rx::held_bufs`.
+    bufs: usize,
     /// Their total length.
     len: usize,
     /// Descriptors of the queue's table the chain occupies (1 for an
     /// indirect chain).
     ring_descs: usize,
+    /// How many I/O vectors it takes in the current [`Gather`] (set when
+    /// the gather reaches it).
+    slices: usize,
 }
 
 /// Why a chain posted for RX is unusable.
@@ -141,24 +184,100 @@ pub struct RxOutcome {
 pub struct Rx {
     mrg_rxbuf: bool,
     guest_csum: bool,
+    /// The largest frame, header included, the backend is expected to hand
+    /// out: [`frame_bound`] of the features, raised to any larger frame
+    /// seen. With MRG_RXBUF, frames are read straight into the held chains
+    /// once they cover it.
+    frame_bound: usize,
     held: VecDeque<RxChain>,
+    /// The buffers of the held chains, in order, each inside guest memory.
+    held_bufs: VecDeque<(GuestAddress, usize)>,
     held_bytes: usize,
     held_descs: usize,
-    /// One frame read from the backend before the driver had room for it.
+    /// One frame read from the backend before the driver had room for it
+    /// ([`STASH_LEN`] bytes with MRG_RXBUF, else empty).
     stash: Vec<u8>,
     stash_len: usize,
+    /// The used entries of the frame being completed (kept for its
+    /// allocation).
+    entries: Vec<(u16, u32)>,
     /// Whether driver notifications are enabled (used flags / avail_event).
     notify_enabled: bool,
     /// `next_used` when the driver was last considered for an interrupt.
     signalled_used: Wrapping<u16>,
     dropped: u64,
     bad_chains: u64,
+    spilled: u64,
+}
+
+/// The I/O vectors of the oldest held chains, in order, gathered once and
+/// reused for every frame of one [`Rx::process`] call (they borrow guest
+/// memory, so they do not outlive it): a frame's read takes the live ones
+/// plus a tail of host memory, and the chains a frame used are dropped from
+/// the front.
+struct Gather<'a> {
+    iov: Vec<VolatileSlice<'a>>,
+    /// The first live entry of `iov`; those before it belong to chains
+    /// already used.
+    start: usize,
+    /// How many of the oldest held chains the live entries cover.
+    chains: usize,
+    /// How many entries of `Rx::held_bufs` those chains have.
+    bufs: usize,
+    /// Their bytes.
+    bytes: usize,
+    /// The last chain covered is cut short (no room for more vectors in one
+    /// read): no chain can be added.
+    capped: bool,
+    /// One byte of host memory.
+    overflow: VolatileSlice<'a>,
+    /// The stash (with MRG_RXBUF).
+    stash: Option<VolatileSlice<'a>>,
+}
+
+impl Gather<'_> {
+    fn live(&self) -> usize {
+        self.iov.len() - self.start
+    }
+
+    fn reset(&mut self) {
+        self.iov.clear();
+        self.start = 0;
+        self.chains = 0;
+        self.bufs = 0;
+        self.bytes = 0;
+        self.capped = false;
+    }
+
+    /// Forgets the vectors of the `n` oldest chains of `held`, which are
+    /// about to be popped.
+    fn consume(&mut self, held: &VecDeque<RxChain>, n: usize) {
+        if n == 0 {
+            return;
+        }
+        if self.capped || n >= self.chains {
+            self.reset();
+            return;
+        }
+        for chain in held.iter().take(n) {
+            self.start += chain.slices;
+            self.bufs -= chain.bufs;
+            self.bytes -= chain.len;
+        }
+        self.chains -= n;
+        // Move the live vectors to the front once the dead ones outnumber
+        // them: each vector moves at most once per chain consumed after it.
+        if self.start > self.live() {
+            self.iov.drain(..self.start);
+            self.start = 0;
+        }
+    }
 }
 
 /// Writes `data` at byte `offset` of the buffers `bufs`.
-fn write_at(
+fn write_at<'b>(
     mem: &GuestMemoryMmap,
-    bufs: &[(GuestAddress, usize)],
+    bufs: impl IntoIterator<Item = &'b (GuestAddress, usize)>,
     mut offset: usize,
     mut data: &[u8],
 ) -> vm_memory::GuestMemoryResult<()> {
@@ -179,6 +298,34 @@ fn write_at(
     Ok(())
 }
 
+/// Copies `src` (host memory) to byte `offset` of the buffers `bufs`.
+fn copy_at<'b>(
+    mem: &GuestMemoryMmap,
+    bufs: impl IntoIterator<Item = &'b (GuestAddress, usize)>,
+    mut offset: usize,
+    src: VolatileSlice<'_>,
+) -> vm_memory::GuestMemoryResult<()> {
+    let mut done = 0;
+    for &(addr, len) in bufs {
+        if done == src.len() {
+            break;
+        }
+        if offset >= len {
+            offset -= len;
+            continue;
+        }
+        let n = (src.len() - done).min(len - offset);
+        // `offset < len` and the buffer lies in guest memory.
+        for dst in GuestMemoryBackend::get_slices(mem, addr.unchecked_add(offset as u64), n) {
+            let dst = dst?;
+            src.subslice(done, dst.len())?.copy_to_volatile_slice(dst);
+            done += dst.len();
+        }
+        offset = 0;
+    }
+    Ok(())
+}
+
 impl Rx {
     /// A receiver for a driver that accepted `features`, on `queue` as the
     /// transport handed it over.
@@ -186,15 +333,19 @@ impl Rx {
         Rx {
             mrg_rxbuf: features & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0,
             guest_csum: features & (1 << VIRTIO_NET_F_GUEST_CSUM) != 0,
+            frame_bound: frame_bound(features),
             held: VecDeque::new(),
+            held_bufs: VecDeque::new(),
             held_bytes: 0,
             held_descs: 0,
             stash: Vec::new(),
             stash_len: 0,
+            entries: Vec::new(),
             notify_enabled: true,
             signalled_used: Wrapping(queue.next_used()),
             dropped: 0,
             bad_chains: 0,
+            spilled: 0,
         }
     }
 
@@ -214,16 +365,51 @@ impl Rx {
         self.stash_len > 0
     }
 
-    /// Checks the descriptors of the chain at `head`; `ring_descs` is set
-    /// to the number of descriptors.
+    /// Frames (with MRG_RXBUF) larger than the device expected for the
+    /// negotiated features and than the buffers it read them into, whose
+    /// tail went through the host buffer. Each raises what the device
+    /// expects, so the next frame of that size goes straight in.
+    pub fn spilled_frames(&self) -> u64 {
+        self.spilled
+    }
+
+    /// Checks the descriptors of the chain at `head`, appending its buffers
+    /// to `bufs` (left as they were if the chain is unusable);
+    /// `ring_descs` is set to the number of descriptors.
     fn parse_chain(
         mem: &GuestMemoryMmap,
+        bufs: &mut VecDeque<(GuestAddress, usize)>,
         head: u16,
         chain: impl IntoIterator<Item = Descriptor>,
     ) -> Result<RxChain, ChainError> {
-        let mut bufs = Vec::new();
+        let mark = bufs.len();
+        let result = Self::parse_descriptors(mem, bufs, chain);
+        let count = bufs.len() - mark;
+        match result {
+            Ok((total, ring_descs)) => Ok(RxChain {
+                head,
+                bufs: count,
+                len: total,
+                ring_descs,
+                slices: 0,
+            }),
+            Err(e) => {
+                bufs.truncate(mark);
+                Err(e)
+            }
+        }
+    }
+
+    /// The checks of [`Rx::parse_chain`]. Returns the chain's length and
+    /// its number of descriptors.
+    fn parse_descriptors(
+        mem: &GuestMemoryMmap,
+        bufs: &mut VecDeque<(GuestAddress, usize)>,
+        chain: impl IntoIterator<Item = Descriptor>,
+    ) -> Result<(usize, usize), ChainError> {
         let mut total = 0usize;
         let mut count = 0usize;
+        let mut nbufs = 0usize;
         let mut last_has_next = false;
         for (i, desc) in chain.into_iter().enumerate() {
             count += 1;
@@ -241,10 +427,11 @@ impl Rx {
                     len: desc.len(),
                 });
             }
-            if bufs.len() == IOV_MAX {
+            if nbufs == IOV_MAX {
                 return Err(ChainError::TooManyBuffers);
             }
-            bufs.push((desc.addr(), len));
+            bufs.push_back((desc.addr(), len));
+            nbufs += 1;
             total += len;
         }
         if last_has_next {
@@ -253,17 +440,16 @@ impl Rx {
         if total < VNET_HDR_LEN {
             return Err(ChainError::TooShort(total));
         }
-        Ok(RxChain {
-            head,
-            bufs,
-            len: total,
-            ring_descs: count,
-        })
+        Ok((total, count))
     }
 
     /// How many descriptors of the queue's table the chain at `head`
     /// occupies: 1 if the head refers to an indirect table, else `count`.
     fn ring_descs(mem: &GuestMemoryMmap, queue: &Queue, head: u16, count: usize) -> usize {
+        if count <= 1 {
+            // One descriptor, or an indirect table of one: 1 either way.
+            return 1;
+        }
         let addr = queue.desc_table().wrapping_add(u64::from(head) * 16);
         match mem.read_obj::<Descriptor>(GuestAddress(addr)) {
             Ok(desc) if desc.refers_to_indirect_table() => 1,
@@ -277,7 +463,7 @@ impl Rx {
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             popped += 1;
             let head = chain.head_index();
-            match Self::parse_chain(mem, head, chain) {
+            match Self::parse_chain(mem, &mut self.held_bufs, head, chain) {
                 Ok(mut rx_chain) => {
                     rx_chain.ring_descs = Self::ring_descs(mem, queue, head, rx_chain.ring_descs);
                     self.held_bytes += rx_chain.len;
@@ -431,21 +617,36 @@ impl Rx {
         }
     }
 
+    /// The backend handed out a frame of `len` bytes (header included, at
+    /// most a header plus [`MAX_FRAME_LEN`]): expect frames that large from
+    /// now on.
+    fn saw_frame(&mut self, len: usize) {
+        if self.mrg_rxbuf && len > self.frame_bound {
+            debug!(
+                "virtio-net: RX: a {len}-byte frame, more than the {} bytes expected; \
+                 gathering buffers for {len} from now on",
+                self.frame_bound
+            );
+            self.frame_bound = len;
+        }
+    }
+
     /// Hands the first `len` bytes of the held chains (already holding a
     /// frame) to the driver: fixes the header, publishes the used entries.
     fn complete(
         &mut self,
         mem: &GuestMemoryMmap,
         queue: &mut Queue,
+        gather: &mut Gather<'_>,
         len: usize,
         out: &mut RxOutcome,
     ) {
-        let mut entries: Vec<(u16, u32)> = Vec::new();
+        self.entries.clear();
         let mut remaining = len;
         for chain in &self.held {
             let n = remaining.min(chain.len);
             // A chain's length fits in u32 (virtio limits chains to 4 GiB).
-            entries.push((chain.head, n as u32));
+            self.entries.push((chain.head, n as u32));
             remaining -= n;
             if remaining == 0 || !self.mrg_rxbuf {
                 break;
@@ -455,126 +656,209 @@ impl Rx {
             return;
         };
         // At most the queue size (32768).
-        let num_buffers = entries.len() as u16;
-        let mut result = write_at(
-            mem,
-            &first.bufs,
-            NUM_BUFFERS_OFFSET,
-            &num_buffers.to_le_bytes(),
-        );
-        if result.is_ok() && !self.guest_csum {
-            // Without GUEST_CSUM the driver expects flags 0 (the tap may
-            // set DATA_VALID).
-            result = write_at(mem, &first.bufs, FLAGS_OFFSET, &[0]);
-        }
+        let num_buffers = (self.entries.len() as u16).to_le_bytes();
+        // Without GUEST_CSUM the driver expects flags 0 (the tap may set
+        // DATA_VALID).
+        let clear_flags = !self.guest_csum;
+        // The header is usually inside the first gathered vector, which is
+        // the first chain's first buffer when the gather covers the chain.
+        let header = gather
+            .iov
+            .get(gather.start)
+            .filter(|slice| gather.chains > 0 && slice.len() >= VNET_HDR_LEN);
+        let result = match header {
+            Some(header) => header
+                .write_slice(&num_buffers, NUM_BUFFERS_OFFSET)
+                .and_then(|()| {
+                    if clear_flags {
+                        header.write_slice(&[0], FLAGS_OFFSET)
+                    } else {
+                        Ok(())
+                    }
+                })
+                .map_err(vm_memory::GuestMemoryError::from),
+            None => {
+                let first_bufs = self.held_bufs.range(..first.bufs);
+                write_at(mem, first_bufs.clone(), NUM_BUFFERS_OFFSET, &num_buffers).and_then(|()| {
+                    if clear_flags {
+                        write_at(mem, first_bufs, FLAGS_OFFSET, &[0])
+                    } else {
+                        Ok(())
+                    }
+                })
+            }
+        };
         if let Err(e) = result {
             self.drop_frame(out, format_args!("cannot write its header: {e}"));
             return;
         }
-        if let Err(e) = self.publish(mem, queue, &entries) {
+        if let Err(e) = self.publish(mem, queue, &self.entries) {
             self.drop_frame(out, format_args!("cannot publish its used entries: {e}"));
             return;
         }
-        for _ in 0..entries.len() {
+        let used = self.entries.len();
+        gather.consume(&self.held, used);
+        for _ in 0..used {
             if let Some(chain) = self.held.pop_front() {
+                self.held_bufs.drain(..chain.bufs);
                 self.held_bytes -= chain.len;
                 self.held_descs -= chain.ring_descs;
             }
         }
         out.frames += 1;
         out.bytes += (len - VNET_HDR_LEN) as u64;
-        out.used += entries.len() as u64;
+        out.used += used as u64;
     }
 
-    /// The held buffers as slices, in order, until they cover `want` bytes
-    /// (or all of them, without MRG_RXBUF only the first chain), leaving
-    /// room for one more I/O vector. Returns the slices and their total
-    /// length.
-    fn slices<'m>(&self, mem: &'m GuestMemoryMmap, want: usize) -> (Vec<VolatileSlice<'m>>, usize) {
-        let mut slices = Vec::new();
-        let mut total = 0usize;
-        'chains: for chain in &self.held {
-            for &(addr, len) in &chain.bufs {
+    /// Extends `gather` over the held chains until it covers `want` bytes
+    /// (or all of them; without MRG_RXBUF only the first chain), leaving
+    /// room for one more I/O vector.
+    fn gather<'a>(&mut self, mem: &'a GuestMemoryMmap, gather: &mut Gather<'a>, want: usize) {
+        while !gather.capped
+            && gather.chains < self.held.len()
+            && (gather.chains == 0 || (self.mrg_rxbuf && gather.bytes < want))
+        {
+            let Some(chain) = self.held.get_mut(gather.chains) else {
+                break;
+            };
+            let mut slices = 0;
+            'bufs: for &(addr, len) in self.held_bufs.range(gather.bufs..gather.bufs + chain.bufs) {
                 for slice in GuestMemoryBackend::get_slices(mem, addr, len) {
                     // Checked when popped; guest memory does not change.
                     let Ok(slice) = slice else {
-                        break 'chains;
+                        gather.capped = true;
+                        break 'bufs;
                     };
-                    if slices.len() == IOV_MAX - 1 {
-                        break 'chains;
+                    if gather.live() == IOV_MAX - 1 {
+                        gather.capped = true;
+                        break 'bufs;
                     }
-                    total += slice.len();
-                    slices.push(slice);
+                    gather.bytes += slice.len();
+                    gather.iov.push(slice);
+                    slices += 1;
                 }
             }
-            if total >= want || !self.mrg_rxbuf {
-                break;
-            }
+            chain.slices = slices;
+            gather.chains += 1;
+            gather.bufs += chain.bufs;
         }
-        (slices, total)
     }
 
     /// Reads one frame from `backend`, straight into the held buffers when
-    /// they can take any frame, else into the stash. Returns false when the
-    /// backend has no frame.
-    fn receive_one<B: NetBackend + ?Sized>(
+    /// they can take the largest frame expected, else into the stash.
+    /// Returns false when the backend has no frame.
+    fn receive_one<'a, B: NetBackend + ?Sized>(
         &mut self,
-        mem: &GuestMemoryMmap,
+        mem: &'a GuestMemoryMmap,
         queue: &mut Queue,
         backend: &B,
+        gather: &mut Gather<'a>,
         out: &mut RxOutcome,
     ) -> io::Result<bool> {
-        let want = if self.mrg_rxbuf {
-            VNET_HDR_LEN + MAX_FRAME_LEN
-        } else {
-            0
-        };
-        let (mut slices, capacity) = self.slices(mem, want);
+        let want = if self.mrg_rxbuf { self.frame_bound } else { 0 };
+        self.gather(mem, gather, want);
+        let capacity = gather.bytes;
         if capacity < want {
-            drop(slices);
-            return self.read_into_stash(backend, out);
+            return self.read_into_stash(backend, gather, out);
         }
-        // A frame that reaches this byte did not fit the guest's buffers.
-        let mut overflow = [0u8; 1];
-        slices.push(VolatileSlice::from(&mut overflow[..]));
-        let n = match backend.read_frame(&slices) {
+        // After the guest's buffers: with MRG_RXBUF, when a frame might
+        // still be larger than they are, the rest of the stash (a frame
+        // reaching its last byte is too large for any buffers); else one
+        // byte (a frame reaching it did not fit).
+        let spill = match gather.stash {
+            Some(stash) if capacity < STASH_LEN - 1 => stash.offset(capacity).ok(),
+            _ => None,
+        };
+        gather.iov.push(spill.unwrap_or(gather.overflow));
+        let read = backend.read_frame(&gather.iov[gather.start..]);
+        gather.iov.pop();
+        let n = match read {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(true),
             Err(e) => return Err(e),
         };
-        drop(slices);
-        if n > capacity {
+        if n < VNET_HDR_LEN {
+            self.drop_frame(out, format_args!("{n} bytes is shorter than the header"));
+        } else if n <= capacity {
+            self.saw_frame(n);
+            self.complete(mem, queue, gather, n, out);
+        } else if spill.is_some() && n < STASH_LEN {
+            self.saw_frame(n);
+            self.spill(mem, queue, gather, n, out);
+        } else {
             self.drop_frame(
                 out,
                 format_args!("{n} bytes do not fit the guest's {capacity}-byte buffer"),
             );
-        } else if n < VNET_HDR_LEN {
-            self.drop_frame(out, format_args!("{n} bytes is shorter than the header"));
-        } else {
-            self.complete(mem, queue, n, out);
         }
         Ok(true)
+    }
+
+    /// A frame of `len` bytes was read with its first `gather.bytes` in the
+    /// gathered chains and the rest in the stash, at the same offsets.
+    /// Copies the rest into the next held chains if they hold it, else
+    /// moves the whole frame to the stash to wait for buffers.
+    fn spill(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        queue: &mut Queue,
+        gather: &mut Gather<'_>,
+        len: usize,
+        out: &mut RxOutcome,
+    ) {
+        let Some(stash) = gather.stash else {
+            return;
+        };
+        self.spilled += 1;
+        let head_len = gather.bytes;
+        if self.held_bytes >= len {
+            let copied = stash
+                .subslice(head_len, len - head_len)
+                .map_err(vm_memory::GuestMemoryError::from)
+                .and_then(|tail| copy_at(mem, &self.held_bufs, head_len, tail));
+            match copied {
+                Ok(()) => self.complete(mem, queue, gather, len, out),
+                Err(e) => {
+                    self.drop_frame(out, format_args!("cannot copy it into guest memory: {e}"))
+                }
+            }
+            return;
+        }
+        let mut at = 0;
+        for slice in &gather.iov[gather.start..] {
+            match stash.subslice(at, slice.len()) {
+                Ok(dst) => slice.copy_to_volatile_slice(dst),
+                Err(e) => {
+                    self.drop_frame(out, format_args!("cannot stash it: {e}"));
+                    return;
+                }
+            }
+            at += slice.len();
+        }
+        self.stash_len = len;
     }
 
     fn read_into_stash<B: NetBackend + ?Sized>(
         &mut self,
         backend: &B,
+        gather: &Gather<'_>,
         out: &mut RxOutcome,
     ) -> io::Result<bool> {
-        if self.stash.is_empty() {
-            // One byte more than any frame, to tell one that is too large.
-            self.stash = vec![0; VNET_HDR_LEN + MAX_FRAME_LEN + 1];
-        }
-        let n = match backend.read_frame(&[VolatileSlice::from(&mut self.stash[..])]) {
+        // Present with MRG_RXBUF, the only mode that stashes.
+        let Some(stash) = gather.stash else {
+            return Ok(false);
+        };
+        let n = match backend.read_frame(&[stash]) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(true),
             Err(e) => return Err(e),
         };
-        if !(VNET_HDR_LEN..=VNET_HDR_LEN + MAX_FRAME_LEN).contains(&n) {
+        if !(VNET_HDR_LEN..STASH_LEN).contains(&n) {
             self.drop_frame(out, format_args!("backend frame of {n} bytes"));
         } else {
+            self.saw_frame(n);
             self.stash_len = n;
         }
         Ok(true)
@@ -586,6 +870,7 @@ impl Rx {
         &mut self,
         mem: &GuestMemoryMmap,
         queue: &mut Queue,
+        gather: &mut Gather<'_>,
         out: &mut RxOutcome,
     ) -> bool {
         let len = self.stash_len;
@@ -601,21 +886,17 @@ impl Rx {
             );
             return true;
         }
-        let mut copied = 0;
-        for chain in &self.held {
-            let n = (len - copied).min(chain.len);
-            if let Err(e) = write_at(mem, &chain.bufs, 0, &self.stash[copied..copied + n]) {
-                self.stash_len = 0;
-                self.drop_frame(out, format_args!("cannot copy it into guest memory: {e}"));
-                return true;
-            }
-            copied += n;
-            if copied == len {
-                break;
-            }
-        }
         self.stash_len = 0;
-        self.complete(mem, queue, len, out);
+        let copied = gather
+            .stash
+            .ok_or(vm_memory::GuestMemoryError::InvalidBackendAddress)
+            .and_then(|stash| Ok(stash.subslice(0, len)?))
+            .and_then(|frame| copy_at(mem, &self.held_bufs, 0, frame));
+        if let Err(e) = copied {
+            self.drop_frame(out, format_args!("cannot copy it into guest memory: {e}"));
+            return true;
+        }
+        self.complete(mem, queue, gather, len, out);
         out.copied += 1;
         true
     }
@@ -632,6 +913,35 @@ impl Rx {
         backend: &B,
         budget: u64,
     ) -> RxOutcome {
+        if self.mrg_rxbuf && self.stash.len() != STASH_LEN {
+            self.stash = vec![0; STASH_LEN];
+        }
+        let mut stash = std::mem::take(&mut self.stash);
+        let mut overflow = [0u8; 1];
+        let mut gather = Gather {
+            iov: Vec::with_capacity(64),
+            start: 0,
+            chains: 0,
+            bufs: 0,
+            bytes: 0,
+            capped: false,
+            overflow: VolatileSlice::from(&mut overflow[..]),
+            stash: (!stash.is_empty()).then(|| VolatileSlice::from(&mut stash[..])),
+        };
+        let out = self.run(mem, queue, backend, budget, &mut gather);
+        drop(gather);
+        self.stash = stash;
+        out
+    }
+
+    fn run<'a, B: NetBackend + ?Sized>(
+        &mut self,
+        mem: &'a GuestMemoryMmap,
+        queue: &mut Queue,
+        backend: &B,
+        budget: u64,
+        gather: &mut Gather<'a>,
+    ) -> RxOutcome {
         let mut out = RxOutcome::default();
         loop {
             if out.frames + out.dropped >= budget {
@@ -640,7 +950,7 @@ impl Rx {
             }
             self.refill(mem, queue, &mut out);
             if self.stash_len > 0 {
-                if self.deliver_stash(mem, queue, &mut out) {
+                if self.deliver_stash(mem, queue, gather, &mut out) {
                     continue;
                 }
                 if self.wait_for_buffers(mem, queue, &mut out) {
@@ -657,7 +967,7 @@ impl Rx {
                 return out;
             }
             self.quiet(mem, queue);
-            match self.receive_one(mem, queue, backend, &mut out) {
+            match self.receive_one(mem, queue, backend, gather, &mut out) {
                 Ok(true) => {}
                 Ok(false) => {
                     out.status = RxStatus::Drained;

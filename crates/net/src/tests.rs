@@ -62,6 +62,8 @@ struct MemBackend {
     written: Mutex<Vec<Vec<u8>>>,
     ready: EventFd,
     reads: AtomicU64,
+    /// The lengths of the vectors the last read was offered.
+    offered: Mutex<Vec<usize>>,
     fail_writes: AtomicBool,
 }
 
@@ -72,6 +74,7 @@ impl MemBackend {
             written: Mutex::new(Vec::new()),
             ready: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
             reads: AtomicU64::new(0),
+            offered: Mutex::new(Vec::new()),
             fail_writes: AtomicBool::new(false),
         })
     }
@@ -92,11 +95,16 @@ impl MemBackend {
     fn reads(&self) -> u64 {
         self.reads.load(Ordering::SeqCst)
     }
+
+    fn offered(&self) -> Vec<usize> {
+        self.offered.lock().unwrap().clone()
+    }
 }
 
 impl NetBackend for MemBackend {
     fn read_frame(&self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
         self.reads.fetch_add(1, Ordering::SeqCst);
+        *self.offered.lock().unwrap() = bufs.iter().map(|b| b.len()).collect();
         let mut incoming = self.incoming.lock().unwrap();
         let Some(frame) = incoming.pop_front() else {
             return Err(io::ErrorKind::WouldBlock.into());
@@ -596,6 +604,88 @@ fn rx_mergeable_buffers_split_a_frame_with_the_right_num_buffers() {
     assert_eq!(drv.handler.rx().held_chains(), 46);
     // One interrupt for both frames.
     assert_eq!(drv.irq.count(), 1);
+}
+
+#[test]
+fn rx_mergeable_gathers_buffers_for_the_largest_frame_the_features_allow() {
+    let mem = memory();
+    // Linux's smallest mergeable buffer.
+    const MRG_BUF: u32 = 1536;
+    let tail = VNET_HDR_LEN + MAX_FRAME_LEN + 1;
+
+    // Without guest GSO a frame is at most MTU-sized: one buffer is read
+    // into, followed by the host buffer (where a larger frame's tail would
+    // go), not the 43 buffers a 64 KiB frame needs.
+    let mut drv = Driver::new(&mem, mrg());
+    let heads = drv.post_rx(50, MRG_BUF);
+    let f = frame(0, 0, 1514, 30);
+    drv.backend.push(f.clone());
+    drv.tap_ready();
+    let offered = drv.backend.offered();
+    assert_eq!(offered.len(), 2);
+    assert_eq!(offered[0], MRG_BUF as usize);
+    assert_eq!(offered.iter().sum::<usize>(), tail);
+    assert_eq!(drv.rx_used(0), (u32::from(heads[0]), f.len() as u32));
+    assert_eq!(
+        &read_mem(&mem, Driver::rx_buf(heads[0]), f.len())[12..],
+        &f[12..]
+    );
+
+    // A jumbo frame (a tap with a 9000-byte MTU) is not lost: its tail is
+    // copied from the host buffer into the next buffers.
+    let jumbo = frame(0, 0, 9014, 31);
+    drv.backend.push(jumbo.clone());
+    drv.tap_ready();
+    let chains = jumbo.len().div_ceil(MRG_BUF as usize);
+    assert_eq!(drv.rx_used_idx(), 1 + chains as u16);
+    let mut got = Vec::new();
+    for i in 0..chains {
+        let (id, len) = drv.rx_used(1 + i as u16);
+        assert_eq!(id, u32::from(heads[1 + i]));
+        got.extend(read_mem(&mem, Driver::rx_buf(heads[1 + i]), len as usize));
+    }
+    let mut want = jumbo.clone();
+    want[10..12].copy_from_slice(&(chains as u16).to_le_bytes());
+    assert_eq!(got, want);
+    assert_eq!(drv.handler.rx().spilled_frames(), 1);
+    assert_eq!(drv.stats.rx_copied(), 0);
+    assert_eq!(drv.stats.rx_dropped(), 0);
+    // ...and the next one goes straight into as many buffers as it needs.
+    drv.backend.push(jumbo.clone());
+    drv.tap_ready();
+    assert_eq!(drv.backend.offered().len(), chains + 1);
+    assert_eq!(drv.handler.rx().spilled_frames(), 1);
+    assert_eq!(drv.stats.rx_packets(), 3);
+
+    // With guest TSO the buffers must hold a 64 KiB frame before a read,
+    // and such a frame goes straight in.
+    let tso = mrg() | bit(VIRTIO_NET_F_GUEST_CSUM) | bit(VIRTIO_NET_F_GUEST_TSO4);
+    let mut drv = Driver::new(&mem, tso);
+    let heads = drv.post_rx(50, MRG_BUF);
+    let small = frame(0, 0, 100, 32);
+    drv.backend.push(small.clone());
+    drv.tap_ready();
+    let offered = drv.backend.offered();
+    let chains = tail.div_ceil(MRG_BUF as usize);
+    assert_eq!(offered.len(), chains + 1);
+    assert_eq!(offered.iter().sum::<usize>(), chains * MRG_BUF as usize + 1);
+    assert_eq!(drv.rx_used(0), (u32::from(heads[0]), small.len() as u32));
+    let big = frame(0, 0, MAX_FRAME_LEN, 33);
+    drv.backend.push(big.clone());
+    drv.tap_ready();
+    let chains = big.len().div_ceil(MRG_BUF as usize);
+    assert_eq!(drv.rx_used_idx(), 1 + chains as u16);
+    let mut got = Vec::new();
+    for i in 0..chains {
+        let (id, len) = drv.rx_used(1 + i as u16);
+        assert_eq!(id, u32::from(heads[1 + i]));
+        got.extend(read_mem(&mem, Driver::rx_buf(heads[1 + i]), len as usize));
+    }
+    let mut want = big;
+    want[10..12].copy_from_slice(&(chains as u16).to_le_bytes());
+    assert_eq!(got, want);
+    assert_eq!(drv.handler.rx().spilled_frames(), 0);
+    assert_eq!(drv.stats.rx_copied(), 0);
 }
 
 #[test]
