@@ -31,6 +31,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod file_io;
 mod image;
 mod lock;
 #[cfg(any(test, feature = "test-utils"))]

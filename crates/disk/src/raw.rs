@@ -199,81 +199,26 @@ impl DiskImage for RawImage {
     }
 
     fn read_at(&self, buf: &mut VolatileSlice<'_>, offset: u64) -> Result<()> {
-        let len = buf.len();
-        check_range(offset, len as u64, self.size)?;
-        let guard = buf.ptr_guard_mut();
-        let base = guard.as_ptr();
-        let mut done = 0usize;
-        while done < len {
-            // In range: offset + len <= size, which came from an off_t.
-            let pos = (offset + done as u64) as libc::off64_t;
-            // SAFETY: `base` points to `len` bytes of memory valid for
-            // writes (the VolatileSlice's invariant, kept mapped by `guard`
-            // for the duration of the call) and `done < len`, so the
-            // destination `base + done .. base + len` stays inside it. The
-            // kernel writes at most `len - done` bytes there. The file
-            // descriptor is owned by `self.file` and open.
-            let n = unsafe {
-                libc::pread64(
-                    self.file.as_raw_fd(),
-                    base.add(done).cast(),
-                    len - done,
-                    pos,
-                )
-            };
-            if n < 0 {
-                let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(err.into());
-            }
-            if n == 0 {
-                // The file shrank under us.
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("{} ends before offset {pos}", self.path.display()),
-                )
-                .into());
-            }
-            done += n as usize;
+        check_range(offset, buf.len() as u64, self.size)?;
+        let done = crate::file_io::pread_volatile(&self.file, buf, offset)?;
+        if done < buf.len() {
+            // The file shrank under us.
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{} ends before offset {}",
+                    self.path.display(),
+                    offset + done as u64
+                ),
+            )
+            .into());
         }
         Ok(())
     }
 
     fn write_at(&self, buf: &VolatileSlice<'_>, offset: u64) -> Result<()> {
-        let len = buf.len();
-        check_write(self.read_only, offset, len as u64, self.size)?;
-        let guard = buf.ptr_guard();
-        let base = guard.as_ptr();
-        let mut done = 0usize;
-        while done < len {
-            let pos = (offset + done as u64) as libc::off64_t;
-            // SAFETY: `base` points to `len` bytes of memory valid for reads
-            // (the VolatileSlice's invariant, kept mapped by `guard`) and
-            // `done < len`, so the kernel reads only inside it. The file
-            // descriptor is owned by `self.file` and open.
-            let n = unsafe {
-                libc::pwrite64(
-                    self.file.as_raw_fd(),
-                    base.add(done).cast(),
-                    len - done,
-                    pos,
-                )
-            };
-            if n < 0 {
-                let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(err.into());
-            }
-            if n == 0 {
-                return Err(io::Error::from(io::ErrorKind::WriteZero).into());
-            }
-            done += n as usize;
-        }
-        Ok(())
+        check_write(self.read_only, offset, buf.len() as u64, self.size)?;
+        Ok(crate::file_io::pwrite_volatile(&self.file, buf, offset)?)
     }
 
     /// `fdatasync(2)`. Once it has failed, every later flush fails too:

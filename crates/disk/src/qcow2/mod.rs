@@ -31,7 +31,6 @@ mod refcount;
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -188,72 +187,17 @@ fn vm_err(e: vm_memory::volatile_memory::Error) -> Error {
 
 /// Reads file bytes at `off` into `buf`; zeros past the end of the file.
 fn pread_volatile(file: &File, buf: &VolatileSlice<'_>, off: u64) -> Result<()> {
-    let len = buf.len();
-    let guard = buf.ptr_guard_mut();
-    let base = guard.as_ptr();
-    let mut done = 0usize;
-    while done < len {
-        // SAFETY: `base` points to `len` bytes valid for writes (the
-        // VolatileSlice's invariant, kept mapped by `guard`), and
-        // `done < len`, so the kernel writes only inside them; the
-        // descriptor is owned by `file` and open.
-        let n = unsafe {
-            libc::pread64(
-                file.as_raw_fd(),
-                base.add(done).cast(),
-                len - done,
-                (off + done as u64) as libc::off64_t,
-            )
-        };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err.into());
-        }
-        if n == 0 {
-            // Past the end of the file: zeros, as QEMU reads them.
-            fill_zero(&buf.subslice(done, len - done).map_err(vm_err)?);
-            break;
-        }
-        done += n as usize;
+    let done = crate::file_io::pread_volatile(file, buf, off)?;
+    if done < buf.len() {
+        // Past the end of the file: zeros, as QEMU reads them.
+        fill_zero(&buf.subslice(done, buf.len() - done).map_err(vm_err)?);
     }
     Ok(())
 }
 
 /// Writes `buf` to the file at `off`.
 fn pwrite_volatile(file: &File, buf: &VolatileSlice<'_>, off: u64) -> Result<()> {
-    let len = buf.len();
-    let guard = buf.ptr_guard();
-    let base = guard.as_ptr();
-    let mut done = 0usize;
-    while done < len {
-        // SAFETY: `base` points to `len` bytes valid for reads (the
-        // VolatileSlice's invariant, kept mapped by `guard`), and
-        // `done < len`, so the kernel reads only inside them; the
-        // descriptor is owned by `file` and open.
-        let n = unsafe {
-            libc::pwrite64(
-                file.as_raw_fd(),
-                base.add(done).cast(),
-                len - done,
-                (off + done as u64) as libc::off64_t,
-            )
-        };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err.into());
-        }
-        if n == 0 {
-            return Err(io::Error::from(io::ErrorKind::WriteZero).into());
-        }
-        done += n as usize;
-    }
-    Ok(())
+    Ok(crate::file_io::pwrite_volatile(file, buf, off)?)
 }
 
 fn fill_zero(buf: &VolatileSlice<'_>) {
