@@ -122,9 +122,14 @@ impl Counter {
             return;
         }
         let first = off >> self.cluster_bits;
-        let last = (off + len - 1) >> self.cluster_bits;
+        // A hostile table entry may point anywhere, even at the last bytes
+        // of the 64-bit space: the range's end must not wrap.
+        let Some(last) = off.checked_add(len - 1).map(|end| end >> self.cluster_bits) else {
+            rep.corrupt(format!("{what} at {off:#x} lies past the end of the file"));
+            return;
+        };
         for c in first..=last {
-            match self.refs.get_mut(c as usize) {
+            match usize::try_from(c).ok().and_then(|c| self.refs.get_mut(c)) {
                 Some(r) => *r = r.saturating_add(1),
                 None => {
                     rep.corrupt(format!(
