@@ -70,3 +70,36 @@ fn check_refcount_block_near_the_end_of_the_address_space() {
     img.read_at(&mut vm_memory::VolatileSlice::from(&mut buf[..]), 0)
         .unwrap();
 }
+
+/// A snapshot whose L1 table offset lies near 2^64 (fuzz input: offset
+/// 0xffff_ffff_ffff_0a00, 65536 entries): `Qcow2Image::open` overflowed
+/// adding the table's clusters to the metadata set (`s.offset + c * cs`
+/// in `open_inner`, qcow2/mod.rs) — a panic in debug builds on any image
+/// an untrusted party supplies. `read_snapshots` checks the offset's
+/// alignment but not that the table lies in the file. The image must be
+/// refused (or opened) without a panic.
+#[test]
+fn open_snapshot_l1_table_near_the_end_of_the_address_space() {
+    let dir = TempDir::new_with_prefix("/tmp/vmkit-qcow2-fuzz").unwrap();
+    let (path, mut bytes) = valid_image(&dir, "snap.qcow2");
+    // A snapshot table in a cluster appended to the file.
+    let table = bytes.len();
+    bytes.resize(table + 512, 0);
+    bytes[60..64].copy_from_slice(&1u32.to_be_bytes());
+    bytes[64..72].copy_from_slice(&(table as u64).to_be_bytes());
+    bytes[table..table + 8].copy_from_slice(&0xffff_ffff_ffff_0a00u64.to_be_bytes());
+    bytes[table + 8..table + 12].copy_from_slice(&65536u32.to_be_bytes());
+    write(&path, &bytes);
+
+    match Qcow2Image::open(&path, &RO) {
+        Ok(img) => {
+            let mut buf = [0u8; 512];
+            img.read_at(&mut vm_memory::VolatileSlice::from(&mut buf[..]), 0)
+                .unwrap();
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(msg.contains("snapshot"), "a clear error: {msg}");
+        }
+    }
+}

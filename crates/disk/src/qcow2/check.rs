@@ -100,7 +100,13 @@ pub(crate) fn read_snapshots(meta: &Meta) -> Result<(Vec<SnapshotL1>, u64)> {
         if u64::from(size) * 8 > super::header::MAX_L1_BYTES {
             return Err(meta.invalid(format!("snapshot {i}: L1 table too large ({size})")));
         }
-        if size > 0 && (offset % meta.cluster_size != 0 || offset == 0) {
+        // The table must be aligned and its end must not wrap around the
+        // 64-bit space (a hostile offset near 2^64 would overflow later).
+        if size > 0
+            && (offset % meta.cluster_size != 0
+                || offset == 0
+                || offset.checked_add(u64::from(size) * 8).is_none())
+        {
             return Err(meta.invalid(format!("snapshot {i}: invalid L1 table offset {offset:#x}")));
         }
         out.push(SnapshotL1 { offset, size });
