@@ -35,15 +35,14 @@
 mod common;
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Run, scratch_dir};
+use common::{Run, run_bounded, scratch_dir};
 use vmkit::net::{bridge, iface};
 
 /// How long one guest may take, boot and power-off included (TCG boots
@@ -245,65 +244,6 @@ fn qemu(env: &Env, shared: bool, script: &Path, cmdline: &str) -> Command {
             &format!("name=opt/vmkit/script,file={}", script.display()),
         ]);
     cmd
-}
-
-/// Runs `cmd` until it exits or `timeout` passes (then kills it); the
-/// second value says whether it timed out.
-fn run_bounded(mut cmd: Command, timeout: Duration) -> (Run, bool) {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn qemu");
-    let (tx, rx) = mpsc::channel::<String>();
-    let stdout = child.stdout.take().unwrap();
-    let out_thread = thread::spawn(move || {
-        for line in BufReader::new(stdout).split(b'\n') {
-            let Ok(line) = line else { break };
-            let _ = tx.send(String::from_utf8_lossy(&line).into_owned());
-        }
-    });
-    let mut stderr = child.stderr.take().unwrap();
-    let err_thread = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + timeout;
-    let mut stdout = String::new();
-    let mut timed_out = false;
-    loop {
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(line) => {
-                stdout.push_str(line.trim_end_matches('\r'));
-                stdout.push('\n');
-                continue;
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-        }
-        if Instant::now() >= deadline {
-            timed_out = true;
-            let _ = child.kill();
-            break;
-        }
-    }
-    let status = child.wait().expect("wait for qemu");
-    let _ = out_thread.join();
-    stdout.extend(
-        rx.try_iter()
-            .map(|l| l.trim_end_matches('\r').to_string() + "\n"),
-    );
-    let stderr = err_thread.join().unwrap_or_default();
-    (
-        Run {
-            code: status.code(),
-            stdout,
-            stderr,
-        },
-        timed_out,
-    )
 }
 
 /// The text after `prefix` on the first console line starting with it.

@@ -2,8 +2,12 @@
 #![allow(dead_code)]
 
 use std::fmt;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
 
 /// Whether `/dev/kvm` exists. When it does, tests that need it must run
 /// (and fail if it does not work); when it does not, they say so and skip.
@@ -53,46 +57,78 @@ impl fmt::Display for Run {
 }
 
 /// How long any one VMM run may take before the test kills it and fails.
-pub const VMM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+pub const VMM_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Runs the example VMM with `args` to completion, killing it (and failing
 /// the run: `code` is `None`) after [`VMM_TIMEOUT`], so a hung guest fails
 /// a test instead of hanging it.
 pub fn run_vmm(args: &[&str]) -> Run {
-    use std::io::Read;
-    use std::process::Stdio;
-    let mut child = Command::new(vmm_path())
-        .args(args)
+    let mut cmd = Command::new(vmm_path());
+    cmd.args(args);
+    let (run, timed_out) = run_bounded(cmd, VMM_TIMEOUT);
+    if timed_out {
+        return Run { code: None, ..run };
+    }
+    run
+}
+
+/// Runs `cmd` until it exits or `timeout` passes (then kills it), collecting
+/// its output a line at a time; the second value says whether it timed out.
+pub fn run_bounded(mut cmd: Command, timeout: Duration) -> (Run, bool) {
+    let mut child = cmd
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn the vmm example");
-    let drain = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = r.read_to_end(&mut buf);
-            String::from_utf8_lossy(&buf).into_owned()
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().expect("stdout")));
-    let err = drain(Box::new(child.stderr.take().expect("stderr")));
-    let deadline = std::time::Instant::now() + VMM_TIMEOUT;
-    let code = loop {
-        match child.try_wait().expect("wait for the vmm") {
-            Some(status) => break status.code(),
-            None if std::time::Instant::now() > deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            None => std::thread::sleep(std::time::Duration::from_millis(5)),
+        .expect("spawn the command");
+    let (tx, rx) = mpsc::channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    let out_thread = thread::spawn(move || {
+        for line in BufReader::new(stdout).split(b'\n') {
+            let Ok(line) = line else { break };
+            let _ = tx.send(String::from_utf8_lossy(&line).into_owned());
         }
-    };
-    Run {
-        code,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
+    });
+    let mut stderr = child.stderr.take().unwrap();
+    let err_thread = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + timeout;
+    let mut stdout = String::new();
+    let mut timed_out = false;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) => {
+                stdout.push_str(line.trim_end_matches('\r'));
+                stdout.push('\n');
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if Instant::now() >= deadline {
+            timed_out = true;
+            let _ = child.kill();
+            break;
+        }
     }
+    let status = child.wait().expect("wait for the command");
+    let _ = out_thread.join();
+    stdout.extend(
+        rx.try_iter()
+            .map(|l| l.trim_end_matches('\r').to_string() + "\n"),
+    );
+    let stderr = err_thread.join().unwrap_or_default();
+    (
+        Run {
+            code: status.code(),
+            stdout,
+            stderr,
+        },
+        timed_out,
+    )
 }
 
 /// A fresh scratch directory under the target directory.
