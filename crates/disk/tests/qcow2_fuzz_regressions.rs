@@ -8,6 +8,11 @@ use std::path::{Path, PathBuf};
 use vmkit_disk::{CreateOptions, DiskImage, Qcow2Image, Qcow2Options};
 use vmm_sys_util::tempdir::TempDir;
 
+const RW: Qcow2Options = Qcow2Options {
+    read_only: false,
+    backing: false,
+    direct: false,
+};
 const RO: Qcow2Options = Qcow2Options {
     read_only: true,
     backing: false,
@@ -102,4 +107,42 @@ fn open_snapshot_l1_table_near_the_end_of_the_address_space() {
             assert!(msg.contains("snapshot"), "a clear error: {msg}");
         }
     }
+}
+
+/// An image whose L1 table is its refcount table (fuzz input: both at
+/// 0x400, dirty bit set so that the refcounts are rebuilt at open and
+/// `check` then finds it clean): the image opened writable, and the first
+/// write to an unallocated L2 range stored the new L1 entry
+/// (`0x8000000000000c00`) into the refcount table, which then named a
+/// refcount block at 2^63 — `check` afterwards: "refcount block offset
+/// 0x8000000000000c00 is outside the file". Metadata tables that overlap
+/// must be refused at open, or writes to them refused (QEMU's metadata
+/// overlap checks mark the image corrupt instead of writing).
+#[test]
+fn l1_table_overlapping_the_refcount_table_is_not_written_through() {
+    let dir = TempDir::new_with_prefix("/tmp/vmkit-qcow2-fuzz").unwrap();
+    let (path, mut bytes) = valid_image(&dir, "overlap.qcow2");
+    let rt = be64(&bytes, 48);
+    // 1 MiB of 512-byte clusters: 32 L1 entries, all of them inside the
+    // refcount table's cluster; entry 1 of the refcount table is free.
+    bytes[36..40].copy_from_slice(&32u32.to_be_bytes());
+    bytes[40..48].copy_from_slice(&rt.to_be_bytes());
+    assert_eq!(be64(&bytes, rt as usize + 8), 0);
+    write(&path, &bytes);
+
+    let Ok(img) = Qcow2Image::open(&path, &RW) else {
+        return; // Refused: fine.
+    };
+    // Guest offset 32 KiB: L1 entry 1, i.e. refcount table entry 1.
+    let mut data = [0x5au8; 512];
+    let wrote = img
+        .write_at(&vm_memory::VolatileSlice::from(&mut data[..]), 32 << 10)
+        .is_ok();
+    drop(img);
+    let after = std::fs::read(&path).unwrap();
+    let entry = be64(&after, rt as usize + 8);
+    assert!(
+        entry == 0 || (entry & !0x1ff) < after.len() as u64,
+        "the write (ok: {wrote}) turned refcount table entry 1 into {entry:#x}"
+    );
 }

@@ -365,18 +365,30 @@ impl Qcow2Image {
         read_exact(&file, &mut rt_bytes, hdr.refcount_table_offset)?;
         let rt = be64s(&rt_bytes);
 
+        // The header, the L1 table, the refcount table and the refcount
+        // blocks must not share a cluster: an image whose tables overlap
+        // would have one table's updates written through another.
         let mut metadata = BTreeSet::new();
         metadata.insert(0);
+        let mut claim = |off: u64, what: &str| {
+            if metadata.insert(off) {
+                Ok(())
+            } else {
+                Err(invalid(format!(
+                    "{what} at {off:#x} overlaps other metadata"
+                )))
+            }
+        };
         for c in 0..(u64::from(hdr.l1_size) * 8).div_ceil(cs) {
-            metadata.insert(hdr.l1_table_offset + c * cs);
+            claim(hdr.l1_table_offset + c * cs, "the L1 table")?;
         }
         for c in 0..u64::from(hdr.refcount_table_clusters) {
-            metadata.insert(hdr.refcount_table_offset + c * cs);
+            claim(hdr.refcount_table_offset + c * cs, "the refcount table")?;
         }
         for e in &rt {
             let off = e & RT_OFFSET_MASK;
             if off != 0 {
-                metadata.insert(off);
+                claim(off, "a refcount block")?;
             }
         }
         for e in &l1 {
