@@ -441,3 +441,16 @@ pub fn walk_chains(mem: &GuestMemoryMmap, size: u16, heads: &[u16]) -> Vec<Vec<D
         })
         .collect()
 }
+
+/// The indirect tables the descriptor table refers to (including those a
+/// mutation made indirect), as guest memory ranges.
+pub fn indirect_tables(mem: &GuestMemoryMmap, size: u16) -> Vec<Range<u64>> {
+    (0..u64::from(size))
+        .filter_map(|i| {
+            mem.read_obj::<Descriptor>(GuestAddress(DESC_TABLE + 16 * i))
+                .ok()
+        })
+        .filter(|d| d.refers_to_indirect_table())
+        .map(|d| d.addr().0..d.addr().0.saturating_add(u64::from(d.len())))
+        .collect()
+}

@@ -233,6 +233,7 @@ fn fuzz(u: &mut Unstructured<'_>) -> Result<()> {
     }) || layout
         .indirect_ranges
         .iter()
+        .chain(&guest::indirect_tables(&mem, size))
         .any(|r| guest::overlaps(r, &used));
     let expected: Vec<Option<Vec<u8>>> = chains
         .iter()

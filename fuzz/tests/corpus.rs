@@ -53,6 +53,7 @@ fn replay_env() {
     let Ok(list) = std::env::var("VMKIT_FUZZ_REPLAY") else {
         return;
     };
+    vmkit_fuzz::trace_logs();
     for item in list.split(',') {
         let (target, path) = item.split_once(':').expect("target:path");
         let data = fs::read(path).expect("input");
