@@ -5,13 +5,13 @@
 # into the committed corpus. Fails on any crash, failed assertion, memory
 # bound exceeded or timeout; a failing input is left in fuzz/artifacts/.
 #
-#   fuzz/ci.sh                # 2000 runs per target
-#   FUZZ_RUNS=20000 fuzz/ci.sh
+#   fuzz/ci.sh                # 10000 runs per target
+#   FUZZ_RUNS=100000 fuzz/ci.sh
 #   fuzz/ci.sh net_rx qcow2   # some targets only
 set -euo pipefail
 cd "$(dirname "$0")"
 
-runs="${FUZZ_RUNS:-2000}"
+runs="${FUZZ_RUNS:-10000}"
 targets=("$@")
 [ "${#targets[@]}" -gt 0 ] || targets=(mmio_transport blk_request net_tx net_rx qcow2)
 
