@@ -13,9 +13,7 @@ use vmkit_blk::{Block, BlockConfig, DiskId, QUEUE_SIZE, RequestBuffers, RequestP
 use vmkit_disk::DiskImage;
 use vmkit_virtio::{GuestMemoryMmap, VirtioDevice};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use crate::{Error, Memory, Result};
 
@@ -223,9 +221,7 @@ impl VhostUserBackendMut for VhostUserBlk {
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        let mut data = vec![0u8; size as usize];
-        self.block.read_config(u64::from(offset), &mut data);
-        data
+        crate::daemon::config_bytes(&self.block, offset, size)
     }
 
     fn set_config(&mut self, offset: u32, buf: &[u8]) -> io::Result<()> {
@@ -241,13 +237,7 @@ impl VhostUserBackendMut for VhostUserBlk {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        match new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC) {
-            Ok(pair) => Some(pair),
-            Err(e) => {
-                error!("virtio-blk: cannot create the exit event: {e}");
-                None
-            }
-        }
+        crate::daemon::exit_event("virtio-blk")
     }
 
     fn stop_vring(&mut self, _queue_index: u32) -> io::Result<()> {

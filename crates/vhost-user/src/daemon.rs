@@ -131,3 +131,33 @@ where
     info!("{name}: front end disconnected");
     Ok(())
 }
+
+/// The configuration-space bytes a front end asks for (`GET_CONFIG`), read
+/// from the device model exactly as the in-VMM transport reads them.
+pub(crate) fn config_bytes(
+    device: &dyn vmkit_virtio::VirtioDevice,
+    offset: u32,
+    size: u32,
+) -> Vec<u8> {
+    let mut data = vec![0u8; size as usize];
+    device.read_config(u64::from(offset), &mut data);
+    data
+}
+
+/// The event vhost-user-backend uses to stop a handler thread; `None`
+/// (logged) when it cannot be created.
+pub(crate) fn exit_event(
+    name: &str,
+) -> Option<(
+    vmm_sys_util::event::EventConsumer,
+    vmm_sys_util::event::EventNotifier,
+)> {
+    use vmm_sys_util::event::{EventFlag, new_event_consumer_and_notifier};
+    match new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC) {
+        Ok(pair) => Some(pair),
+        Err(e) => {
+            log::error!("{name}: cannot create the exit event: {e}");
+            None
+        }
+    }
+}

@@ -14,9 +14,7 @@ use vmkit_net::tx::{Tx, TxOutcome};
 use vmkit_net::{MacAddr, Net, QUEUE_SIZE, RX_QUEUE, TX_QUEUE, Tap};
 use vmkit_virtio::{GuestMemoryMmap, VirtioDevice};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::event::{
-    EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use crate::{Error, Memory, Result};
 
@@ -383,9 +381,7 @@ impl VhostUserBackendMut for VhostUserNet {
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        let mut data = vec![0u8; size as usize];
-        self.net.read_config(u64::from(offset), &mut data);
-        data
+        crate::daemon::config_bytes(&self.net, offset, size)
     }
 
     fn set_config(&mut self, offset: u32, buf: &[u8]) -> io::Result<()> {
@@ -401,13 +397,7 @@ impl VhostUserBackendMut for VhostUserNet {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        match new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC) {
-            Ok(pair) => Some(pair),
-            Err(e) => {
-                error!("virtio-net: cannot create the exit event: {e}");
-                None
-            }
-        }
+        crate::daemon::exit_event("virtio-net")
     }
 
     fn stop_vring(&mut self, queue_index: u32) -> io::Result<()> {
