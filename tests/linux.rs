@@ -31,7 +31,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Run, kvm_present, scratch_dir, vmm_path};
+use common::{Run, in_new_netns, kvm_present, scratch_dir, vmm_path};
 use vmkit::net::{bridge, iface};
 
 /// How long one boot may take, power-off included. On hardware KVM the
@@ -76,24 +76,6 @@ fn debian_guest() -> Option<PathBuf> {
     }
     eprintln!("skipped: {msg}");
     None
-}
-
-/// Runs `f` on a thread in a fresh network namespace (as `tests/net.rs`).
-fn in_new_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    thread::spawn(move || {
-        // SAFETY: unshare(2) with CLONE_NEWNET only changes this thread's
-        // network namespace; no memory is passed.
-        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(
-            rc,
-            0,
-            "unshare(CLONE_NEWNET): {}",
-            std::io::Error::last_os_error()
-        );
-        f()
-    })
-    .join()
-    .unwrap_or_else(|e| std::panic::resume_unwind(e))
 }
 
 /// Runs the VMM with `args` until it exits or `timeout` passes (then kills

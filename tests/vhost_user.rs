@@ -42,7 +42,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Run, run_bounded, scratch_dir};
+use common::{Run, in_new_netns, run_bounded, scratch_dir};
 use vmkit::net::{bridge, iface};
 
 /// How long one guest may take, boot and power-off included (TCG boots
@@ -569,24 +569,6 @@ fn qemu_virtio_blk_control_passes_the_same_checks() {
 }
 
 // --- net -------------------------------------------------------------------
-
-/// Runs `f` on a thread in a fresh network namespace (as `tests/net.rs`).
-fn in_new_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    thread::spawn(move || {
-        // SAFETY: unshare(2) with CLONE_NEWNET only changes this thread's
-        // network namespace; no memory is passed.
-        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(
-            rc,
-            0,
-            "unshare(CLONE_NEWNET): {}",
-            std::io::Error::last_os_error()
-        );
-        f()
-    })
-    .join()
-    .unwrap_or_else(|e| std::panic::resume_unwind(e))
-}
 
 /// The host's stream to the guest.
 fn host_stream(len: usize) -> Vec<u8> {

@@ -181,3 +181,23 @@ pub fn tiny_elf(addr: u64, code: &[u8]) -> Vec<u8> {
     elf.extend_from_slice(code);
     elf
 }
+
+/// Runs `f` on a thread in a fresh network namespace: network namespaces
+/// are per thread, so the namespace (with its bridges and taps) is private
+/// to that thread and the processes it spawns, and goes with them.
+pub fn in_new_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        // SAFETY: unshare(2) with CLONE_NEWNET only changes this thread's
+        // network namespace; no memory is passed.
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(
+            rc,
+            0,
+            "unshare(CLONE_NEWNET): {}",
+            std::io::Error::last_os_error()
+        );
+        f()
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
