@@ -18,11 +18,14 @@
 use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 use smoltcp::wire::{
-    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, Ipv4Address,
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+    EthernetRepr, Ipv4Address,
 };
 
 use crate::irq;
 use crate::virtio::{self, Buf, Dma, Mmio, Queue, QueueError, Ring};
+
+pub mod hostile;
 
 pub const NET_F_MAC: u64 = 1 << 5;
 pub const NET_F_MRG_RXBUF: u64 = 1 << 15;
@@ -206,6 +209,15 @@ impl Rx {
         }
     }
 
+    /// Notes `frame`'s sender if it is an ARP reply from the watched peer.
+    fn note_arp(&mut self, frame: &[u8]) {
+        if let Some(peer) = self.arp_watch
+            && let Some(mac) = arp_reply_from(frame, peer)
+        {
+            self.arp_reply = Some(mac);
+        }
+    }
+
     /// The bytes of `frame`, valid until it is released.
     fn bytes(&self, frame: Frame) -> &'static [u8] {
         match frame {
@@ -240,6 +252,26 @@ fn arp_reply_from(frame: &[u8], peer: Ipv4Address) -> Option<EthernetAddress> {
         } if source_protocol_addr == peer => Some(source_hardware_addr),
         _ => None,
     }
+}
+
+/// A 60-byte broadcast ARP request (who has `peer`? tell `ip`), padded.
+pub fn arp_request(frame: &mut [u8], mac: EthernetAddress, ip: Ipv4Address, peer: Ipv4Address) {
+    frame.fill(0);
+    let eth = EthernetRepr {
+        src_addr: mac,
+        dst_addr: EthernetAddress::BROADCAST,
+        ethertype: EthernetProtocol::Arp,
+    };
+    let arp = ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Request,
+        source_hardware_addr: mac,
+        source_protocol_addr: ip,
+        target_hardware_addr: EthernetAddress([0; 6]),
+        target_protocol_addr: peer,
+    };
+    let mut f = EthernetFrame::new_unchecked(&mut frame[..]);
+    eth.emit(&mut f);
+    arp.emit(&mut ArpPacket::new_unchecked(f.payload_mut()));
 }
 
 /// Copies `bytes` into [`REASSEMBLY`] at `offset` (in bounds: callers
@@ -481,6 +513,24 @@ impl Net {
     pub fn arp_reply(&self) -> Option<EthernetAddress> {
         self.rx.arp_reply
     }
+
+    /// Without the stack: takes every frame received so far (noting a
+    /// watched ARP reply), gives the buffers back and publishes them.
+    pub fn drain_rx(&mut self) {
+        while let Some(frame) = self.rx.next() {
+            let bytes = self.rx.bytes(frame);
+            self.rx.note_arp(bytes);
+            self.rx.release(frame);
+        }
+        self.flush();
+    }
+
+    /// Whether the device has sent every frame queued so far (false after
+    /// a ring fault).
+    pub fn tx_done(&mut self) -> bool {
+        self.tx.reclaim();
+        self.tx.fault.is_none() && self.tx.num_free == usize::from(self.tx.q.size()).min(TX_SLOTS)
+    }
 }
 
 /// smoltcp's token for one received frame.
@@ -497,11 +547,7 @@ pub struct TxToken<'a> {
 impl phy::RxToken for RxToken<'_> {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
         let bytes = self.rx.bytes(self.frame);
-        if let Some(peer) = self.rx.arp_watch
-            && let Some(mac) = arp_reply_from(bytes, peer)
-        {
-            self.rx.arp_reply = Some(mac);
-        }
+        self.rx.note_arp(bytes);
         let result = f(bytes);
         self.rx.release(self.frame);
         result

@@ -17,14 +17,13 @@ use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::socket::{icmp, tcp};
 use smoltcp::time::Instant;
 use smoltcp::wire::{
-    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
-    EthernetRepr, HardwareAddress, Icmpv4Packet, Icmpv4Repr, IpAddress, IpCidr, Ipv4Cidr,
+    EthernetAddress, HardwareAddress, Icmpv4Packet, Icmpv4Repr, IpAddress, IpCidr, Ipv4Cidr,
 };
 
 use crate::Report;
 use crate::bootparams;
 use crate::cpu;
-use crate::net::Net;
+use crate::net::{self, Net, arp_request};
 use crate::pit;
 use crate::println;
 use crate::virtio;
@@ -271,10 +270,44 @@ pub fn check(cmdline: Option<&str>, r: &mut Report) {
             );
         }
         net.reset();
+        if crate::hostile::enabled(cmdline) {
+            hostile(mmio, dev.irq, index, &params, cmdline, r);
+        }
     }
     if nets == 0 {
         fail_all(&params, "no virtio-net device (net0)", r);
     }
+}
+
+/// `vmkit.hostile` on net device `index` (see [`net::hostile`]): needs
+/// `vmkit.ip` and `vmkit.peer` for the normal I/O after each group.
+fn hostile(
+    mmio: virtio::Mmio,
+    irq: u32,
+    index: usize,
+    params: &Params,
+    cmdline: &str,
+    r: &mut Report,
+) {
+    let (Some(ip), Some(peer)) = (params.ip.value(), params.peer.value()) else {
+        r.fail::<()>(
+            "hostile-net",
+            format_args!("net{index}: vmkit.hostile needs a usable vmkit.ip and vmkit.peer"),
+        );
+        return;
+    };
+    let mem_mib = bootparams::param(cmdline, "vmkit.mem_mib").and_then(|m| m.parse().ok());
+    net::hostile::run(
+        net::hostile::Target {
+            mmio,
+            irq,
+            index,
+            ip: ip.address(),
+            peer,
+            mem_mib,
+        },
+        r,
+    );
 }
 
 /// A FAIL line for each check the parameters ask for.
@@ -603,26 +636,6 @@ fn ping_loop(st: &mut Tcpip, h: SocketHandle, peer: Ipv4Addr) -> Result<PingTime
         times.sum += rtt;
     }
     Ok(times)
-}
-
-/// A 60-byte broadcast ARP request (who has `peer`? tell `ip`), padded.
-fn arp_request(frame: &mut [u8], mac: EthernetAddress, ip: Ipv4Addr, peer: Ipv4Addr) {
-    frame.fill(0);
-    let eth = EthernetRepr {
-        src_addr: mac,
-        dst_addr: EthernetAddress::BROADCAST,
-        ethertype: EthernetProtocol::Arp,
-    };
-    let arp = ArpRepr::EthernetIpv4 {
-        operation: ArpOperation::Request,
-        source_hardware_addr: mac,
-        source_protocol_addr: ip,
-        target_hardware_addr: EthernetAddress([0; 6]),
-        target_protocol_addr: peer,
-    };
-    let mut f = EthernetFrame::new_unchecked(&mut frame[..]);
-    eth.emit(&mut f);
-    arp.emit(&mut ArpPacket::new_unchecked(f.payload_mut()));
 }
 
 /// The `net-tcp-send` stream: xorshift32 from 0x12345678, each state's 4

@@ -19,10 +19,9 @@ use super::{
 };
 use crate::Report;
 use crate::hostile::{
-    self as h, Clock, DESC_INDIRECT, DESC_NEXT, DESC_WRITE, F_INDIRECT_DESC, FAILED, Line,
-    NEEDS_RESET, QueueLayout, Raw,
+    self as h, Clock, DESC_INDIRECT, DESC_NEXT, DESC_WRITE, F_INDIRECT_DESC, HOLE, IOAPIC, LAPIC,
+    Line, NEEDS_RESET, Raw, Transport,
 };
-use crate::mem::{MIB, MMIO_HOLE_START};
 use crate::virtio::{self, Dma, Mmio};
 
 const S_UNSUPP: u8 = 2;
@@ -56,11 +55,6 @@ const MS: u64 = 3000;
 
 const R: u16 = 0;
 const W: u16 = DESC_WRITE;
-
-/// Where nothing is: addresses the device must refuse.
-const HOLE: u64 = 0xd000_0000;
-const LAPIC: u64 = 0xfee0_0000;
-const IOAPIC: u64 = 0xfec0_0000;
 
 #[derive(Clone, Copy)]
 struct Hreq {
@@ -117,6 +111,7 @@ impl core::fmt::Display for Tally {
 
 /// The disk under test.
 struct Dev {
+    t: Transport,
     mmio: Mmio,
     irq: u32,
     capacity: u64,
@@ -323,7 +318,7 @@ fn check_memory(out: &mut Line) -> Result<(), ()> {
 }
 
 fn start(dev: &Dev, out: &mut Line) -> Result<Batch, ()> {
-    match Raw::start(dev.mmio, virtio::F_VERSION_1 | F_INDIRECT_DESC, 0, QSIZE) {
+    match Raw::start(&dev.t, virtio::F_VERSION_1 | F_INDIRECT_DESC, 0, QSIZE) {
         Ok(raw) => Ok(Batch::new(raw)),
         Err(e) => {
             let _ = write!(out, "raw queue setup: {e}");
@@ -678,290 +673,6 @@ fn group_avail(dev: &Dev, clock: &Clock, out: &mut Line) -> Result<(), ()> {
     Ok(())
 }
 
-/// Bad queue layouts: the device must not start (NEEDS_RESET, or
-/// DRIVER_OK not kept), and must not touch memory.
-fn group_queue(dev: &Dev, clock: &Clock, out: &mut Line) -> Result<(), ()> {
-    let (desc, driver, device) = h::ring_addrs();
-    let lay = QueueLayout::standard;
-    let max = {
-        if let Err(e) = h::negotiate(&dev.mmio, virtio::F_VERSION_1) {
-            let _ = write!(out, "negotiation: {e}");
-            return Err(());
-        }
-        dev.mmio.write(virtio::QUEUE_SEL, 0);
-        dev.mmio.read(virtio::QUEUE_NUM_MAX)
-    };
-    let ram_end = dev.ram_end.unwrap_or(MMIO_HOLE_START);
-    let layouts: [(&str, QueueLayout); 13] = [
-        ("size 100", lay(100)),
-        ("size 3", lay(3)),
-        ("size 0", lay(0)),
-        ("size 2 x QueueNumMax", lay(max * 2)),
-        ("size 65536", lay(0x1_0000)),
-        (
-            "descriptor table at +8",
-            QueueLayout {
-                desc: desc + 8,
-                ..lay(16)
-            },
-        ),
-        (
-            "driver area at +1",
-            QueueLayout {
-                driver: driver + 1,
-                ..lay(16)
-            },
-        ),
-        (
-            "device area at +2",
-            QueueLayout {
-                device: device + 2,
-                ..lay(16)
-            },
-        ),
-        (
-            "descriptor table in the hole",
-            QueueLayout {
-                desc: HOLE,
-                ..lay(16)
-            },
-        ),
-        (
-            "device area in the LAPIC page",
-            QueueLayout {
-                device: LAPIC,
-                ..lay(16)
-            },
-        ),
-        (
-            "driver area beyond RAM",
-            QueueLayout {
-                driver: dev.outside,
-                ..lay(16)
-            },
-        ),
-        (
-            "device area across the end of RAM",
-            QueueLayout {
-                device: ram_end - 64,
-                ..lay(16)
-            },
-        ),
-        (
-            "descriptor table at 2^64-4 KiB",
-            QueueLayout {
-                desc: u64::MAX - 0xfff,
-                ..lay(16)
-            },
-        ),
-    ];
-    let (mut needs_reset, mut refused) = (0, 0);
-    for (what, layout) in &layouts {
-        if let Err(e) = h::negotiate(&dev.mmio, virtio::F_VERSION_1) {
-            let _ = write!(out, "{what}: negotiation: {e}");
-            return Err(());
-        }
-        h::RING.fill(0, 0x3000, 0);
-        h::program_queue(&dev.mmio, 0, layout);
-        let status = h::driver_ok(&dev.mmio);
-        if status & NEEDS_RESET != 0 {
-            needs_reset += 1;
-        } else if status & virtio::STATUS_DRIVER_OK == 0 {
-            refused += 1;
-        } else {
-            let _ = write!(out, "{what}: the device started (status {status:#x})");
-            return Err(());
-        }
-        // Notifications must do nothing now.
-        dev.mmio.write(virtio::QUEUE_NOTIFY, 0);
-        clock.sleep(2);
-        h::reset(&dev.mmio).map_err(|s| {
-            let _ = write!(out, "{what}: Status {s:#x} after reset");
-        })?;
-    }
-    let _ = write!(
-        out,
-        "{} bad layouts: NEEDS_RESET at DRIVER_OK for {needs_reset}, DRIVER_OK refused for {refused}",
-        layouts.len()
-    );
-    Ok(())
-}
-
-/// Notifications of absent queues, before DRIVER_OK, and a storm.
-fn group_notify(dev: &Dev, clock: &Clock, out: &mut Line) -> Result<(), ()> {
-    if let Err(e) = h::negotiate(&dev.mmio, virtio::F_VERSION_1) {
-        let _ = write!(out, "negotiation: {e}");
-        return Err(());
-    }
-    h::RING.fill(0, 0x3000, 0);
-    h::program_queue(&dev.mmio, 0, &QueueLayout::standard(u32::from(QSIZE)));
-    // Before DRIVER_OK: the queue is configured but not running.
-    for q in [0, 1, 7] {
-        dev.mmio.write(virtio::QUEUE_NOTIFY, q);
-    }
-    let status = h::driver_ok(&dev.mmio);
-    if status & NEEDS_RESET != 0 || status & virtio::STATUS_DRIVER_OK == 0 {
-        let _ = write!(
-            out,
-            "early notifications broke the device: status {status:#x}"
-        );
-        return Err(());
-    }
-    let mut absent = 0;
-    for q in [1u32, 2, 0xffff, 0x8000_0000, u32::MAX] {
-        for _ in 0..4 {
-            dev.mmio.write(virtio::QUEUE_NOTIFY, q);
-            absent += 1;
-        }
-    }
-    for _ in 0..5000 {
-        dev.mmio.write(virtio::QUEUE_NOTIFY, 0);
-    }
-    clock.sleep(10);
-    let status = dev.mmio.read(virtio::STATUS);
-    if status & NEEDS_RESET != 0 {
-        let _ = write!(
-            out,
-            "notifications of absent queues set NEEDS_RESET (status {status:#x})"
-        );
-        return Err(());
-    }
-    let _ = write!(
-        out,
-        "{absent} notifications of absent queues and 5000 of an empty queue ignored"
-    );
-    Ok(())
-}
-
-/// Status writes out of order.
-fn group_status_seq(dev: &Dev, _clock: &Clock, out: &mut Line) -> Result<(), ()> {
-    use virtio::{
-        STATUS, STATUS_ACKNOWLEDGE as ACK, STATUS_DRIVER as DRV, STATUS_DRIVER_OK as DOK,
-        STATUS_FEATURES_OK as FOK,
-    };
-    let m = &dev.mmio;
-    let read = || m.read(STATUS);
-    let reset = |out: &mut Line| {
-        h::reset(m).map_err(|s| {
-            let _ = write!(out, "Status {s:#x} after reset");
-        })
-    };
-    let expect = |out: &mut Line, what: &str, got: u32, want: u32| {
-        if got == want {
-            Ok(())
-        } else {
-            let _ = write!(out, "{what}: Status reads {got:#x}, expected {want:#x}");
-            Err(())
-        }
-    };
-    // DRIVER_OK before FEATURES_OK.
-    reset(out)?;
-    m.write(STATUS, ACK);
-    m.write(STATUS, ACK | DRV);
-    m.write(STATUS, ACK | DRV | DOK);
-    expect(out, "DRIVER_OK before FEATURES_OK", read(), ACK | DRV)?;
-    // FEATURES_OK with a feature the device does not offer (bit 63).
-    m.write(virtio::DEVICE_FEATURES_SEL, 1);
-    let high = m.read(virtio::DEVICE_FEATURES);
-    m.write(virtio::DRIVER_FEATURES_SEL, 0);
-    m.write(virtio::DRIVER_FEATURES, 0);
-    m.write(virtio::DRIVER_FEATURES_SEL, 1);
-    m.write(virtio::DRIVER_FEATURES, (high & 1) | 0x8000_0000);
-    m.write(STATUS, ACK | DRV | FOK);
-    let got = read();
-    if high & 0x8000_0000 == 0 {
-        expect(out, "FEATURES_OK with unoffered feature 63", got, ACK | DRV)?;
-    }
-    // Clearing bits other than by reset.
-    if let Err(e) = h::negotiate(m, virtio::F_VERSION_1) {
-        let _ = write!(out, "negotiation: {e}");
-        return Err(());
-    }
-    m.write(STATUS, ACK);
-    expect(
-        out,
-        "clearing DRIVER and FEATURES_OK",
-        read(),
-        ACK | DRV | FOK,
-    )?;
-    // NEEDS_RESET and undefined bits from the driver.
-    m.write(STATUS, ACK | DRV | FOK | NEEDS_RESET);
-    expect(
-        out,
-        "NEEDS_RESET written by the driver",
-        read(),
-        ACK | DRV | FOK,
-    )?;
-    m.write(STATUS, ACK | DRV | FOK | 0x100);
-    expect(out, "undefined bit 8", read(), ACK | DRV | FOK)?;
-    // FAILED, then anything.
-    m.write(STATUS, ACK | DRV | FOK | FAILED);
-    m.write(STATUS, ACK | DRV | FOK | FAILED | DOK);
-    expect(
-        out,
-        "DRIVER_OK after the driver gave up (0x80)",
-        read(),
-        ACK | DRV | FOK | FAILED,
-    )?;
-    let _ = write!(
-        out,
-        "DRIVER_OK before FEATURES_OK, FEATURES_OK with an unoffered feature, cleared bits, \
-         NEEDS_RESET and undefined bits from the driver, DRIVER_OK after the driver gave up (0x80): all ignored"
-    );
-    Ok(())
-}
-
-/// Configuration writes anywhere in the window, and writes to read-only
-/// registers.
-fn group_config(dev: &Dev, _clock: &Clock, out: &mut Line) -> Result<(), ()> {
-    let m = &dev.mmio;
-    if let Err(e) = h::negotiate(m, virtio::F_VERSION_1) {
-        let _ = write!(out, "negotiation: {e}");
-        return Err(());
-    }
-    let capacity = || u64::from(m.config32(0)) | u64::from(m.config32(4)) << 32;
-    let before = capacity();
-    m.write(virtio::CONFIG, 0xffff_ffff);
-    m.write(virtio::CONFIG + 4, 0xffff_ffff);
-    m.write8(virtio::CONFIG + 0x3f, 0xff);
-    m.write16(virtio::CONFIG + 0x22, 0xffff);
-    m.write(virtio::CONFIG + 0xefc, 0xdead_beef);
-    m.write8(virtio::CONFIG + 0xeff, 0xff);
-    m.write16(virtio::CONFIG + 0xefe, 0xffff);
-    // Read-only registers.
-    for reg in [
-        virtio::MAGIC_VALUE,
-        virtio::VERSION,
-        virtio::DEVICE_ID,
-        0x00c,
-        virtio::DEVICE_FEATURES,
-        virtio::QUEUE_NUM_MAX,
-        0x060,
-        virtio::CONFIG_GENERATION,
-    ] {
-        m.write(reg, 0xffff_ffff);
-    }
-    // Unaligned and narrow register writes.
-    m.write8(virtio::STATUS + 1, 0xff);
-    m.write16(virtio::QUEUE_SEL + 2, 0xffff);
-    let after = capacity();
-    if after != before {
-        let _ = write!(out, "capacity changed from {before} to {after}");
-        return Err(());
-    }
-    let tail = m.read(virtio::CONFIG + 0xefc);
-    if m.read(virtio::MAGIC_VALUE) != virtio::MAGIC || m.read(virtio::VERSION) != 2 {
-        let _ = write!(out, "MagicValue or Version changed");
-        return Err(());
-    }
-    let _ = write!(
-        out,
-        "writes to the capacity, at config offset 0xefc and to read-only registers ignored \
-         (capacity {after}, offset 0xefc reads {tail:#x})"
-    );
-    Ok(())
-}
-
 /// Resets the device and checks it works: initialise it normally, read
 /// the first sectors (the same as before the first group) and, on a
 /// writable disk with a `vmkit.fill` range, rewrite the range's first
@@ -1032,6 +743,11 @@ fn normal_io_on(
 
 type Group = fn(&Dev, &Clock, &mut Line) -> Result<(), ()>;
 
+/// The capacity field of the configuration.
+fn config_capacity(m: &Mmio) -> u64 {
+    u64::from(m.config32(0)) | u64::from(m.config32(4)) << 32
+}
+
 /// A disk to run the hostile groups on.
 pub(super) struct Target {
     pub mmio: Mmio,
@@ -1057,16 +773,15 @@ pub(super) fn run(target: Target, r: &mut Report) {
         mem_mib,
         fill,
     } = target;
-    let ram_end = mem_mib
-        .and_then(|m| m.checked_mul(MIB))
-        .filter(|end| (16 * MIB..MMIO_HOLE_START).contains(end));
+    let t = Transport::new(mmio, 1, mem_mib);
     let dev = Dev {
+        t,
         mmio,
         irq,
         capacity,
         read_only,
-        outside: ram_end.unwrap_or(1 << 40),
-        ram_end,
+        outside: t.outside,
+        ram_end: t.ram_end,
     };
     let mut name = Line::new();
     let mut out = Line::new();
@@ -1095,10 +810,12 @@ pub(super) fn run(target: Target, r: &mut Report) {
         ("dir", group_dir),
         ("sector", group_sector),
         ("avail", group_avail),
-        ("queue", group_queue),
-        ("notify", group_notify),
-        ("status-seq", group_status_seq),
-        ("config", group_config),
+        ("queue", |d, c, o| h::group_queue(&d.t, c, o)),
+        ("notify", |d, c, o| h::group_notify(&d.t, c, o)),
+        ("status-seq", |d, c, o| h::group_status_seq(&d.t, c, o)),
+        ("config", |d, _, o| {
+            h::group_config(&d.t, "capacity", config_capacity, o)
+        }),
     ];
     for (group, f) in groups {
         name.clear();
