@@ -127,6 +127,7 @@
 //! net-tcp-send MiB/s=<x.xx>
 //! ok net-tcp-echo: port <p> echoed <n> bytes                           (vmkit.tcp-echo)
 //! net-stats: tx <n> pkts <k> notifications, rx <m> pkts (<j> merged) <l> notifications, <i> interrupts, <e> rx errors
+//! ok hostile-net<i>-<group>: <what the device did>, normal I/O after reset ok   (vmkit.hostile; 17 groups)
 //! guest: <P> passed, <F> failed
 //! ```
 //!
@@ -141,8 +142,9 @@
 //! `FAIL acpi: no RSDP found` and `madt`, `fadt` and `acpi-virtio` fail with
 //! `no valid ACPI tables`;
 //! each disk adds 5 (6 if read-only; 1 if `blk-init` fails) plus 1 or 4 per
-//! `vmkit.fill`; each net device adds 1 (`net-init`) and net0 one per check
-//! asked for; each malformed network parameter adds 1. The guest
+//! `vmkit.fill`, and 12 with `vmkit.hostile`; each net device adds 1
+//! (`net-init`), 17 with `vmkit.hostile`, and net0 one per check asked for;
+//! each malformed network parameter adds 1. The guest
 //! then writes F to [`EXIT_PORT`], so
 //! the VM's exit status is 0 exactly when every check passed. A CPU exception
 //! prints `FAIL exception: vector <n> error <hex> at rip <hex>` and exits
@@ -262,6 +264,32 @@
 //! in that order (ping, send, echo) on one smoltcp interface; the
 //! `net-stats` line counts frames, QueueNotify writes and interrupts for
 //! all of them.
+//!
+//! `vmkit.hostile` (needs `vmkit.ip` and `vmkit.peer`, else `FAIL
+//! hostile-net`): after each device's checks, seventeen groups of chains a
+//! malicious driver sends, on a raw queue of 64 entries polled without
+//! interrupts (the device's other queue set up well-formed and empty),
+//! each followed by a reset, a normal initialisation, an ARP exchange with
+//! the peer (up to 3 requests, 1 s each) and one broadcast frame of
+//! EtherType 0x88b5 carrying `vmkit-ok net<i>-<group>` (and one such frame,
+//! `before`, ahead of the first group): `tx-addr`/`rx-addr` (buffers in the
+//! MMIO hole, the LAPIC/IOAPIC pages, the device's own window, beyond and
+//! across the end of RAM, wrapping the address space), `tx-len`/`rx-len`
+//! (chains shorter than the 12-byte header, frames over 64 KiB, 0xffffffff
+//! lengths), `tx-offload` (checksum, TSO, UFO, ECN and unknown GSO requests
+//! never negotiated), `tx-dir`/`rx-dir` (device-writable buffers in TX
+//! chains, device-readable ones in RX chains), `tx-loop`/`rx-loop`
+//! (descriptor loops, `next` beyond the table, nested indirect tables),
+//! `tx-long`/`rx-long` (a chain through the whole table and back, indirect
+//! tables of 65536 and 1.5 entries and in the hole, a chain over 2^32
+//! bytes), `tx-avail`/`rx-avail` (avail.idx 71 ahead of a well-formed
+//! chain, then 2000 notifications), and the transport groups `queue` (the
+//! 13 bad layouts on each queue), `notify`, `status-seq` and `config` as
+//! for disks. No chain of a group is usable: a group passes when every
+//! chain came back with used length 0 or stayed unreturned with
+//! DEVICE_NEEDS_RESET set, and the device wrote no byte of the group's
+//! memory. Frames of hostile TX chains are broadcast with EtherType 0x88b5
+//! and carry `vmkit-hostile`: none may reach the wire.
 
 /// The guest's ELF image (built from `crates/guest` by `build.rs`).
 pub const ELF: &[u8] = include_bytes!(env!("VMKIT_GUEST_ELF"));

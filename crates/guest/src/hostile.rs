@@ -17,6 +17,7 @@ use core::sync::atomic::{Ordering, fence};
 
 use core::fmt::Write;
 
+use crate::Report;
 use crate::cpu;
 use crate::mem::{MIB, MMIO_HOLE_START};
 use crate::pit;
@@ -297,6 +298,40 @@ impl Raw {
         RING.write(AVAIL + 2, self.avail_idx);
         fence(Ordering::SeqCst);
         self.notify();
+    }
+
+    /// Writes `bufs` (address, length, flags without NEXT) on consecutive
+    /// descriptors from `first`, each but the last chained to the next;
+    /// returns the index after the last.
+    pub fn chain(&self, first: u16, bufs: &[(u64, u32, u16)]) -> u16 {
+        let mut i = first;
+        for (k, &(addr, len, flags)) in bufs.iter().enumerate() {
+            let flags = if k + 1 == bufs.len() {
+                flags
+            } else {
+                flags | DESC_NEXT
+            };
+            self.desc(i, addr, len, flags, i + 1);
+            i += 1;
+        }
+        i
+    }
+
+    /// Puts `head` in the available ring but publishes an index the queue
+    /// size + 7 ahead of it, notifies, and waits up to 500 ms for it.
+    pub fn publish_ahead(&mut self, head: u16, clock: &Clock) -> Waited {
+        self.put(head);
+        self.set_avail_idx(self.size + 7);
+        self.wait(1, clock, 500)
+    }
+
+    /// 2000 notifications; returns how many used entries the device added
+    /// in the 200 ms after them.
+    pub fn notification_storm(&mut self, clock: &Clock) -> u16 {
+        for _ in 0..2000 {
+            self.notify();
+        }
+        self.wait(1, clock, 200).used
     }
 
     /// Puts `head` in the next slot of the available ring without
@@ -660,4 +695,50 @@ pub fn group_config(
          ({field} {after:#x}, offset 0xefc reads {tail:#x})"
     );
     Ok(())
+}
+
+/// A group of attacks on device `D`: writes what the device did, or what
+/// went wrong, to the line.
+pub type Group<D> = fn(&D, &Clock, &mut Line) -> Result<(), ()>;
+
+/// Runs each of `groups` on `dev`, then `normal_io(dev, group, line)`
+/// (reset the device and prove it works), printing `ok <prefix>-<group>:
+/// <what the device did>, normal I/O after reset ok` or a FAIL line.
+pub fn run_groups<D>(
+    r: &mut Report,
+    prefix: &str,
+    dev: &D,
+    clock: &Clock,
+    groups: &[(&str, Group<D>)],
+    mut normal_io: impl FnMut(&D, &str, &mut Line) -> Result<(), ()>,
+) {
+    let mut name = Line::new();
+    let mut out = Line::new();
+    let mut after = Line::new();
+    for &(group, f) in groups {
+        name.clear();
+        out.clear();
+        after.clear();
+        let _ = write!(name, "{prefix}-{group}");
+        let result = f(dev, clock, &mut out);
+        let recovered = normal_io(dev, group, &mut after);
+        match (result, recovered) {
+            (Ok(()), Ok(())) => r.pass(
+                name.as_str(),
+                format_args!("{}, normal I/O after reset ok", out.as_str()),
+            ),
+            (Err(()), Ok(())) => {
+                r.fail::<()>(
+                    name.as_str(),
+                    format_args!("{} (normal I/O after reset ok)", out.as_str()),
+                );
+            }
+            (_, Err(())) => {
+                r.fail::<()>(
+                    name.as_str(),
+                    format_args!("{}; then {}", out.as_str(), after.as_str()),
+                );
+            }
+        }
+    }
 }

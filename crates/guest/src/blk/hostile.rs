@@ -183,17 +183,12 @@ impl Batch {
     /// descriptors.
     fn chain(&mut self, what: &'static str, bufs: &[(u64, u32, u16)], allow_ok: bool) {
         let head = self.next;
-        let mut writable = 0u64;
-        for (k, &(addr, len, flags)) in bufs.iter().enumerate() {
-            let i = self.next;
-            let last = k + 1 == bufs.len();
-            let flags = if last { flags } else { flags | DESC_NEXT };
-            self.raw.desc(i, addr, len, flags, i + 1);
-            if flags & DESC_WRITE != 0 {
-                writable += u64::from(len);
-            }
-            self.next += 1;
-        }
+        let writable = bufs
+            .iter()
+            .filter(|b| b.2 & DESC_WRITE != 0)
+            .map(|b| u64::from(b.1))
+            .sum();
+        self.next = self.raw.chain(head, bufs);
         self.record(what, head, writable, allow_ok);
     }
 
@@ -648,23 +643,18 @@ fn group_avail(dev: &Dev, clock: &Clock, out: &mut Line) -> Result<(), ()> {
         &[(data(), 512, W)],
     );
     // Put the head in slot 0 but publish an index far ahead.
-    b.raw.put(b.reqs[0].head);
-    b.raw.set_avail_idx(QSIZE + 7);
-    let waited = b.raw.wait(1, clock, 500);
+    let head = b.reqs[0].head;
+    let waited = b.raw.publish_ahead(head, clock);
     b.check(waited, &mut t, out)?;
     if !t.needs_reset {
         let _ = write!(out, "{t}: NEEDS_RESET not set");
         return Err(());
     }
-    for _ in 0..2000 {
-        b.raw.notify();
-    }
-    let waited = b.raw.wait(1, clock, 200);
-    if waited.used != 0 {
+    let used = b.raw.notification_storm(clock);
+    if used != 0 {
         let _ = write!(
             out,
-            "{t}; then used {} entries after a notification storm",
-            waited.used
+            "{t}; then used {used} entries after a notification storm"
         );
         return Err(());
     }
@@ -741,7 +731,7 @@ fn normal_io_on(
     Ok(())
 }
 
-type Group = fn(&Dev, &Clock, &mut Line) -> Result<(), ()>;
+type Group = h::Group<Dev>;
 
 /// The capacity field of the configuration.
 fn config_capacity(m: &Mmio) -> u64 {
@@ -817,30 +807,7 @@ pub(super) fn run(target: Target, r: &mut Report) {
             h::group_config(&d.t, "capacity", config_capacity, o)
         }),
     ];
-    for (group, f) in groups {
-        name.clear();
-        out.clear();
-        let _ = write!(name, "hostile-disk{disk}-{group}");
-        let result = f(&dev, &clock, &mut out);
-        let mut after = Line::new();
-        let recovered = normal_io(&dev, fill, false, &mut after);
-        match (result, recovered) {
-            (Ok(()), Ok(())) => r.pass(
-                name.as_str(),
-                format_args!("{}, normal I/O after reset ok", out.as_str()),
-            ),
-            (Err(()), Ok(())) => {
-                r.fail::<()>(
-                    name.as_str(),
-                    format_args!("{} (normal I/O after reset ok)", out.as_str()),
-                );
-            }
-            (_, Err(())) => {
-                r.fail::<()>(
-                    name.as_str(),
-                    format_args!("{}; then {}", out.as_str(), after.as_str()),
-                );
-            }
-        }
-    }
+    h::run_groups(r, name.as_str(), &dev, &clock, &groups, |d, _, o| {
+        normal_io(d, fill, false, o)
+    });
 }

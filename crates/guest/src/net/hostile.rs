@@ -173,16 +173,7 @@ impl Batch {
     /// descriptors.
     fn chain(&mut self, what: &'static str, bufs: &[(u64, u32, u16)]) {
         let head = self.next;
-        for (k, &(addr, len, flags)) in bufs.iter().enumerate() {
-            let i = self.next;
-            let flags = if k + 1 == bufs.len() {
-                flags
-            } else {
-                flags | DESC_NEXT
-            };
-            self.raw.desc(i, addr, len, flags, i + 1);
-            self.next += 1;
-        }
+        self.next = self.raw.chain(head, bufs);
         self.record(what, head);
     }
 
@@ -484,23 +475,18 @@ fn avail(dev: &Dev, queue: u16, clock: &Clock, out: &mut Line) -> Result<(), ()>
         );
     }
     snapshot();
-    b.raw.put(b.chains[0].head);
-    b.raw.set_avail_idx(QSIZE + 7);
-    let waited = b.raw.wait(1, clock, 500);
+    let head = b.chains[0].head;
+    let waited = b.raw.publish_ahead(head, clock);
     b.check(waited, &mut t, out)?;
     if !t.needs_reset {
         let _ = write!(out, "{t}: NEEDS_RESET not set");
         return Err(());
     }
-    for _ in 0..2000 {
-        b.raw.notify();
-    }
-    let waited = b.raw.wait(1, clock, 200);
-    if waited.used != 0 {
+    let used = b.raw.notification_storm(clock);
+    if used != 0 {
         let _ = write!(
             out,
-            "{t}; then used {} entries after a notification storm",
-            waited.used
+            "{t}; then used {used} entries after a notification storm"
         );
         return Err(());
     }
@@ -671,7 +657,7 @@ fn normal_io_on(
     Ok(())
 }
 
-type Group = fn(&Dev, &Clock, &mut Line) -> Result<(), ()>;
+type Group = h::Group<Dev>;
 
 /// A network device to run the hostile groups on.
 pub struct Target {
@@ -740,30 +726,7 @@ pub fn run(target: Target, r: &mut Report) {
             h::group_config(&d.t, "MAC address and status", config_mac_status, o)
         }),
     ];
-    for (group, f) in groups {
-        name.clear();
-        out.clear();
-        let _ = write!(name, "hostile-net{index}-{group}");
-        let result = f(&dev, &clock, &mut out);
-        let mut after = Line::new();
-        let recovered = normal_io(&dev, group, &clock, &mut after);
-        match (result, recovered) {
-            (Ok(()), Ok(_)) => r.pass(
-                name.as_str(),
-                format_args!("{}, normal I/O after reset ok", out.as_str()),
-            ),
-            (Err(()), Ok(_)) => {
-                r.fail::<()>(
-                    name.as_str(),
-                    format_args!("{} (normal I/O after reset ok)", out.as_str()),
-                );
-            }
-            (_, Err(())) => {
-                r.fail::<()>(
-                    name.as_str(),
-                    format_args!("{}; then {}", out.as_str(), after.as_str()),
-                );
-            }
-        }
-    }
+    h::run_groups(r, name.as_str(), &dev, &clock, &groups, |d, g, o| {
+        normal_io(d, g, &clock, o).map(|_| ())
+    });
 }
