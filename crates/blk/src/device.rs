@@ -18,6 +18,7 @@ use vmkit_virtio::{
 };
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::log_limits::BlockLogLimits;
 use crate::{BlockConfig, BlockHandler, BlockStats, DiskId, QUEUE_SIZE, RequestProcessor};
 
 /// A virtio-blk device over a [`DiskImage`], with one request queue.
@@ -37,6 +38,9 @@ pub struct Block {
     /// Notification eventfds of a failed activation, kept for the
     /// transport.
     idle_notify: Vec<EventFd>,
+    /// The limits on what the driver can make the device log, shared with
+    /// every activation's processor and handler and kept across resets.
+    log: Arc<BlockLogLimits>,
 }
 
 impl Block {
@@ -67,6 +71,7 @@ impl Block {
             stats: Arc::new(BlockStats::default()),
             worker: None,
             idle_notify: Vec::new(),
+            log: Arc::default(),
         }
     }
 
@@ -125,11 +130,13 @@ impl VirtioDevice for Block {
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        warn!(
-            "virtio-blk: ignoring driver write of {} bytes at config offset {offset} \
-             (the configuration space is read-only)",
-            data.len()
-        );
+        if let Some(n) = self.log.config.tick() {
+            warn!(
+                "virtio-blk: ignoring driver write of {} bytes at config offset {offset} \
+                 (the configuration space is read-only; {n} such writes so far)",
+                data.len()
+            );
+        }
     }
 
     fn activate(
@@ -164,7 +171,8 @@ impl VirtioDevice for Block {
             ));
         }
         queue.set_event_idx(self.acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0);
-        let processor = RequestProcessor::new(Arc::clone(&self.disk), self.config, self.id);
+        let processor = RequestProcessor::new(Arc::clone(&self.disk), self.config, self.id)
+            .with_log_limits(Arc::clone(&self.log));
         let handler = BlockHandler::new(mem, queue, processor, interrupt, Arc::clone(&self.stats));
         let worker = QueueWorker::spawn("vmkit-blk".into(), handler, vec![(index, notify)], vec![])
             .map_err(VirtioError::Io)?;
@@ -191,7 +199,7 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::time::{Duration, Instant};
 
-    use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN};
+    use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN};
     use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use virtio_queue::Queue;
     use virtio_queue::desc::RawDescriptor;
@@ -352,6 +360,83 @@ mod tests {
         assert_eq!(stats.interrupts_sent(), 1);
         assert_eq!(irq.0.load(Ordering::SeqCst), 1);
         assert!(dev.reset().is_empty());
+    }
+
+    #[test]
+    fn a_flood_of_config_writes_logs_a_few_lines() {
+        let mut dev = block(false);
+        let ((), lines) = vmkit_virtio::test_utils::capture_log(|| {
+            for i in 0..100_000u64 {
+                dev.write_config(i % 64, &[1, 2, 3, 4]);
+            }
+        });
+        // 1..=10, then 16, 32, ..., 65536.
+        assert_eq!(lines.len(), 23, "{lines:#?}");
+        assert!(lines.iter().all(|l| l.level == log::Level::Warn));
+        assert!(
+            lines[22].message.ends_with("65536 such writes so far)"),
+            "{}",
+            lines[22].message
+        );
+    }
+
+    /// Activates `dev` on a fresh queue, has it serve a read of `sector`,
+    /// resets it and returns the status byte.
+    fn serve_one_read(dev: &mut Block, sector: u64) -> u8 {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let vq = MockSplitQueue::new(&mem, QUEUE_SIZE);
+        dev.ack_features(bit(VIRTIO_F_VERSION_1)).unwrap();
+        let (hdr, data, status) = (0x1_0000u64, 0x2_0000u64, 0x1_1000u64);
+        let mut raw = [0u8; 16];
+        raw[..4].copy_from_slice(&VIRTIO_BLK_T_IN.to_le_bytes());
+        raw[8..].copy_from_slice(&sector.to_le_bytes());
+        mem.write_slice(&raw, GuestAddress(hdr)).unwrap();
+        mem.write_obj(0xffu8, GuestAddress(status)).unwrap();
+        let next = VRING_DESC_F_NEXT as u16;
+        let write = VRING_DESC_F_WRITE as u16;
+        let descs: Vec<RawDescriptor> = vec![
+            Descriptor::new(hdr, 16, next, 1).into(),
+            Descriptor::new(data, 512, next | write, 2).into(),
+            Descriptor::new(status, 1, write, 0).into(),
+        ];
+        vq.add_desc_chains(&descs, 0).unwrap();
+        let notify = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        dev.activate(
+            mem.clone(),
+            Arc::new(CountingInterrupt::default()),
+            vec![ActivatedQueue {
+                index: 0,
+                queue: vq.create_queue().unwrap(),
+                notify: notify.try_clone().unwrap(),
+            }],
+        )
+        .unwrap();
+        notify.write(1).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while vq.used().idx().load() == 0 {
+            assert!(Instant::now() < deadline, "the device never answered");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(dev.reset().len(), 1);
+        mem.read_obj::<u8>(GuestAddress(status)).unwrap()
+    }
+
+    #[test]
+    fn log_counts_survive_resets() {
+        // A driver that resets the device does not get ten fresh lines per
+        // activation: every activation counts in the device's limits.
+        let mut dev = block(false);
+        let past_the_end = 1 << 20;
+        for activation in 1..=3 {
+            assert_eq!(
+                serve_one_read(&mut dev, past_the_end),
+                VIRTIO_BLK_S_IOERR as u8
+            );
+            assert_eq!(dev.log.request.count(), activation);
+        }
+        assert_eq!(serve_one_read(&mut dev, 1), VIRTIO_BLK_S_OK as u8);
+        assert_eq!(dev.log.request.count(), 3);
+        assert_eq!(dev.stats().requests_completed(), 4);
     }
 
     #[test]

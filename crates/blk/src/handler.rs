@@ -4,9 +4,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use log::{error, warn};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vmkit_virtio::{GuestMemoryMmap, Interrupt, InterruptType, QueueHandler};
 
+use crate::log_limits::BlockLogLimits;
 use crate::{RequestBuffers, RequestProcessor};
 
 /// Counters of a block device, shared with whoever watches it (benchmarks,
@@ -39,12 +40,18 @@ impl BlockStats {
 /// with a [`RequestProcessor`], returns them to the used ring and
 /// interrupts the driver when the queue says it wants to be interrupted
 /// (which, with VIRTIO_RING_F_EVENT_IDX, suppresses most interrupts).
+///
+/// What the driver breaks is logged through the processor's
+/// [`LogLimiter`](vmkit_virtio::LogLimiter)s: at most ten lines per kind,
+/// then one per power of two.
 pub struct BlockHandler {
     mem: GuestMemoryMmap,
     queue: Queue,
     processor: RequestProcessor,
     interrupt: Arc<dyn Interrupt>,
     stats: Arc<BlockStats>,
+    /// The processor's log limits.
+    log: Arc<BlockLogLimits>,
     /// The driver broke the queue; the device asked for a reset.
     needs_reset: bool,
     /// The available index is invalid: nothing more is processed until
@@ -74,6 +81,7 @@ impl BlockHandler {
         stats: Arc<BlockStats>,
     ) -> Self {
         BlockHandler {
+            log: Arc::clone(processor.log_limits()),
             mem,
             queue,
             processor,
@@ -97,7 +105,7 @@ impl BlockHandler {
     }
 
     fn signal_needs_reset(&mut self) {
-        signal_needs_reset(&mut self.needs_reset, self.interrupt.as_ref());
+        signal_needs_reset(&mut self.needs_reset, self.interrupt.as_ref(), &self.log);
     }
 
     /// Whether the available index is more than a queue size ahead of the
@@ -137,38 +145,53 @@ impl BlockHandler {
         loop {
             if event_idx {
                 // No notifications while we drain; re-enabled below.
-                if let Err(e) = self.queue.disable_notification(&self.mem) {
-                    warn!("virtio-blk: cannot disable notifications: {e}");
+                if let Err(e) = self.queue.disable_notification(&self.mem)
+                    && let Some(n) = self.log.ring.tick()
+                {
+                    warn!("virtio-blk: cannot disable notifications: {e} ({n} ring errors so far)");
                 }
             }
             let mut popped = 0usize;
-            while let Some(chain) = self.queue.pop_descriptor_chain(&self.mem) {
+            while let Some(chain) = pop_chain(&mut self.queue, &self.mem) {
                 popped += 1;
                 let head = chain.head_index();
                 let len = match self.processor.process_chain(&self.mem, chain, &mut buffers) {
                     Ok(len) => len,
                     Err(e) => {
-                        warn!(
-                            "virtio-blk: chain {head}: {e}; returned unanswered, \
-                             the device needs a reset"
+                        if let Some(n) = self.log.ring.tick() {
+                            warn!(
+                                "virtio-blk: chain {head}: {e}; returned unanswered, \
+                                 the device needs a reset ({n} ring errors so far)"
+                            );
+                        }
+                        signal_needs_reset(
+                            &mut self.needs_reset,
+                            self.interrupt.as_ref(),
+                            &self.log,
                         );
-                        signal_needs_reset(&mut self.needs_reset, self.interrupt.as_ref());
                         0
                     }
                 };
                 if let Err(e) = self.queue.add_used(&self.mem, head, len) {
-                    warn!("virtio-blk: cannot return descriptor {head} to the used ring: {e}");
-                    signal_needs_reset(&mut self.needs_reset, self.interrupt.as_ref());
+                    if let Some(n) = self.log.ring.tick() {
+                        warn!(
+                            "virtio-blk: cannot return descriptor {head} to the used ring: {e} \
+                             ({n} ring errors so far)"
+                        );
+                    }
+                    signal_needs_reset(&mut self.needs_reset, self.interrupt.as_ref(), &self.log);
                     continue;
                 }
                 completed += 1;
             }
             if self.avail_index_invalid() {
-                warn!(
-                    "virtio-blk: available index is more than {} entries ahead; \
-                     the device needs a reset and stops processing",
-                    self.queue.size()
-                );
+                if let Some(n) = self.log.ring.tick() {
+                    warn!(
+                        "virtio-blk: available index is more than {} entries ahead; \
+                         the device needs a reset and stops processing ({n} ring errors so far)",
+                        self.queue.size()
+                    );
+                }
                 self.signal_needs_reset();
                 self.stopped = true;
                 break;
@@ -184,12 +207,20 @@ impl BlockHandler {
                 Ok(true) => {
                     // The available index says there is work but nothing
                     // can be popped. Don't spin.
-                    warn!("virtio-blk: available ring index is invalid");
+                    if let Some(n) = self.log.ring.tick() {
+                        warn!(
+                            "virtio-blk: available ring index is invalid ({n} ring errors so far)"
+                        );
+                    }
                     break;
                 }
                 Ok(false) => break,
                 Err(e) => {
-                    warn!("virtio-blk: cannot enable notifications: {e}");
+                    if let Some(n) = self.log.ring.tick() {
+                        warn!(
+                            "virtio-blk: cannot enable notifications: {e} ({n} ring errors so far)"
+                        );
+                    }
                     break;
                 }
             }
@@ -205,23 +236,46 @@ impl BlockHandler {
                 Ok(()) => {
                     self.stats.interrupts_sent.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(e) => error!("virtio-blk: cannot interrupt the driver: {e}"),
+                Err(e) => {
+                    if let Some(n) = self.log.host.tick() {
+                        error!(
+                            "virtio-blk: cannot interrupt the driver: {e} ({n} host errors so far)"
+                        );
+                    }
+                }
             },
             Ok(false) => {}
-            Err(e) => warn!("virtio-blk: cannot read used_event: {e}"),
+            Err(e) => {
+                if let Some(n) = self.log.ring.tick() {
+                    warn!("virtio-blk: cannot read used_event: {e} ({n} ring errors so far)");
+                }
+            }
         }
         completed
     }
 }
 
+/// The next available chain, like `Queue::pop_descriptor_chain` but
+/// without the error line that method prints, unlimited, each time the
+/// available index is invalid: [`BlockHandler::process_queue`] checks the
+/// index after popping and logs through its limiter.
+fn pop_chain<'m>(
+    queue: &mut Queue,
+    mem: &'m GuestMemoryMmap,
+) -> Option<DescriptorChain<&'m GuestMemoryMmap>> {
+    queue.iter(mem).ok().and_then(|mut chains| chains.next())
+}
+
 /// Sets DEVICE_NEEDS_RESET once: `sent` records that it was.
-fn signal_needs_reset(sent: &mut bool, interrupt: &dyn Interrupt) {
+fn signal_needs_reset(sent: &mut bool, interrupt: &dyn Interrupt, log: &BlockLogLimits) {
     if *sent {
         return;
     }
     *sent = true;
-    if let Err(e) = interrupt.signal_needs_reset() {
-        error!("virtio-blk: cannot signal DEVICE_NEEDS_RESET: {e}");
+    if let Err(e) = interrupt.signal_needs_reset()
+        && let Some(n) = log.host.tick()
+    {
+        error!("virtio-blk: cannot signal DEVICE_NEEDS_RESET: {e} ({n} host errors so far)");
     }
 }
 

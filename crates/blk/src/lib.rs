@@ -40,6 +40,7 @@
 mod config;
 mod device;
 mod handler;
+mod log_limits;
 pub mod request;
 
 pub use config::{BlockConfig, DiskId, MAX_DISCARD_SECTORS, QUEUE_SIZE};

@@ -22,6 +22,7 @@ use vm_memory::{
 use vmkit_disk::{DiskImage, SECTOR_SIZE};
 use vmkit_virtio::GuestMemoryMmap;
 
+use crate::log_limits::BlockLogLimits;
 use crate::{BlockConfig, DiskId};
 
 /// Size of `struct virtio_blk_outhdr`: type, ioprio (reserved), sector.
@@ -573,6 +574,10 @@ impl<'a> Request<'a> {
 
 /// Executes virtio-blk descriptor chains on a disk: the device logic, free
 /// of any queue or transport.
+///
+/// Bad requests, chains and disk errors are logged, each kind at most ten
+/// times and then at powers of two (a [`LogLimiter`](vmkit_virtio::LogLimiter)
+/// per kind), with the running count.
 #[derive(Debug)]
 pub struct RequestProcessor {
     disk: Arc<dyn DiskImage>,
@@ -580,6 +585,7 @@ pub struct RequestProcessor {
     read_only: bool,
     config: BlockConfig,
     id: DiskId,
+    log: Arc<BlockLogLimits>,
 }
 
 impl RequestProcessor {
@@ -591,7 +597,20 @@ impl RequestProcessor {
             disk,
             config,
             id,
+            log: Arc::default(),
         }
+    }
+
+    /// The processor, counting its log lines in `log` (a device's limits,
+    /// shared by every activation) instead of limits of its own.
+    pub(crate) fn with_log_limits(mut self, log: Arc<BlockLogLimits>) -> Self {
+        self.log = log;
+        self
+    }
+
+    /// The limits the processor counts its log lines in.
+    pub(crate) fn log_limits(&self) -> &Arc<BlockLogLimits> {
+        &self.log
     }
 
     /// Processes one descriptor chain (the descriptors in chain order, e.g.
@@ -608,7 +627,9 @@ impl RequestProcessor {
         buffers: &mut RequestBuffers<'m>,
     ) -> u32 {
         self.process_chain(mem, chain, buffers).unwrap_or_else(|e| {
-            warn!("virtio-blk: {e}; dropping the request");
+            if let Some(n) = self.log.ring.tick() {
+                warn!("virtio-blk: {e}; dropping the request ({n} ring errors so far)");
+            }
             0
         })
     }
@@ -670,11 +691,15 @@ impl RequestProcessor {
         let status = match &result {
             Ok(()) => VIRTIO_BLK_S_OK as u8,
             Err(e @ RequestError::Disk(_)) => {
-                error!("virtio-blk: {e}");
+                if let Some(n) = self.log.disk.tick() {
+                    error!("virtio-blk: {e} ({n} disk errors so far)");
+                }
                 e.status()
             }
             Err(e) => {
-                warn!("virtio-blk: bad request: {e}");
+                if let Some(n) = self.log.request.tick() {
+                    warn!("virtio-blk: bad request: {e} ({n} bad requests so far)");
+                }
                 e.status()
             }
         };

@@ -16,10 +16,13 @@ use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 use vmkit_disk::{DiskImage, MemDisk, RawImage};
+use vmkit_virtio::test_utils::{LogLine, capture_log};
 use vmkit_virtio::{GuestMemoryMmap, Interrupt, InterruptType};
 use vmm_sys_util::tempdir::TempDir;
 
-use crate::{BlockConfig, BlockHandler, BlockStats, DiskId, QUEUE_SIZE, RequestProcessor};
+use crate::{
+    BlockConfig, BlockHandler, BlockStats, DiskId, QUEUE_SIZE, RequestBuffers, RequestProcessor,
+};
 
 const MIB: u64 = 1 << 20;
 /// Disk size: 1 MiB = 2048 sectors.
@@ -1151,6 +1154,142 @@ fn broken_rings_do_not_hang_or_panic() {
         // It cannot be returned: the device asks for a reset.
         assert_eq!(drv.irq.needs_reset(), 1);
     }
+    img.assert_unchanged();
+}
+
+/// The warnings and errors among `lines`.
+fn warnings(lines: &[LogLine]) -> Vec<&str> {
+    lines
+        .iter()
+        .filter(|l| l.level <= log::Level::Warn)
+        .map(|l| l.message.as_str())
+        .collect()
+}
+
+/// How many lines `events` events of one kind may cost: the first ten,
+/// then one per power of two.
+fn limited_lines(events: u64) -> usize {
+    (1..=events)
+        .filter(|&n| n <= 10 || n.is_power_of_two())
+        .count()
+}
+
+/// Writes the chain `[header, 512-byte IN buffer, status]` at descriptors
+/// 0 to 2, to be made available again and again.
+fn reusable_read(drv: &Driver<'_>, sector: u64) {
+    header(drv.mem, HDR, VIRTIO_BLK_T_IN, sector);
+    let (nf, wf) = (VRING_DESC_F_NEXT, VRING_DESC_F_WRITE);
+    raw_desc(drv, 0, HDR, 16, nf, 1);
+    raw_desc(drv, 1, DATA, 512, wf | nf, 2);
+    raw_desc(drv, 2, STATUS, 1, wf, 0);
+}
+
+#[test]
+fn a_flood_of_bad_requests_logs_a_few_lines() {
+    const REQUESTS: u64 = 100_000;
+    let mem = memory();
+    let disk = Arc::new(MemDisk::new(DISK_SIZE as usize, false));
+    let mut drv = Driver::new(&mem, disk.clone(), false);
+    // A read past the end of the disk, again and again.
+    reusable_read(&drv, SECTORS);
+    let ((), lines) = capture_log(|| {
+        for _ in 0..REQUESTS {
+            poison_status(&mem, STATUS);
+            make_available(&drv, 0);
+            assert_eq!(drv.run(), 1);
+            assert_eq!(status(&mem, STATUS), IOERR);
+        }
+    });
+    assert_eq!(drv.stats.requests_completed(), REQUESTS);
+    let lines = warnings(&lines);
+    // 1..=10, then 16, 32, ..., 65536.
+    assert_eq!(lines.len(), 23, "{lines:#?}");
+    assert_eq!(lines.len(), limited_lines(REQUESTS));
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.starts_with("virtio-blk: bad request: "))
+    );
+    assert!(
+        lines[0].ends_with("(1 bad requests so far)"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[22].ends_with("(65536 bad requests so far)"),
+        "{}",
+        lines[22]
+    );
+
+    // Neither a disk error nor a broken chain is hidden by the flood.
+    disk.fail_io(true);
+    reusable_read(&drv, 0);
+    make_available(&drv, 0);
+    let ((), lines) = capture_log(|| assert_eq!(drv.run(), 1));
+    assert_eq!(status(&mem, STATUS), IOERR);
+    let lines = warnings(&lines);
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(lines[0].ends_with("(1 disk errors so far)"), "{}", lines[0]);
+    // A data descriptor looping on itself.
+    raw_desc(
+        &drv,
+        1,
+        DATA,
+        512,
+        VRING_DESC_F_WRITE | VRING_DESC_F_NEXT,
+        1,
+    );
+    make_available(&drv, 0);
+    let ((), lines) = capture_log(|| assert_eq!(drv.run(), 1));
+    let lines = warnings(&lines);
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(lines[0].contains("returned unanswered"), "{}", lines[0]);
+    assert!(lines[0].ends_with("(1 ring errors so far)"), "{}", lines[0]);
+}
+
+#[test]
+fn a_flood_of_broken_chains_logs_a_few_lines() {
+    // Each chain costs a walk of the whole queue (256 descriptors).
+    const CHAINS: u64 = 10_000;
+    let img = TestImage::new();
+    let mem = memory();
+    let mut drv = Driver::new(&mem, img.open(false), false);
+    // A data descriptor looping on itself: never executed, returned with
+    // used length 0.
+    reusable_read(&drv, 0);
+    raw_desc(
+        &drv,
+        1,
+        DATA,
+        512,
+        VRING_DESC_F_WRITE | VRING_DESC_F_NEXT,
+        1,
+    );
+    let ((), lines) = capture_log(|| {
+        for _ in 0..CHAINS {
+            make_available(&drv, 0);
+            assert_eq!(drv.run(), 1);
+        }
+    });
+    assert_eq!(drv.irq.needs_reset(), 1, "signalled once");
+    let lines = warnings(&lines);
+    assert_eq!(lines.len(), limited_lines(CHAINS), "{lines:#?}");
+    assert!(lines.iter().all(|l| l.contains("ring errors so far")));
+
+    // The same through RequestProcessor::process, as vhost-user calls it:
+    // an empty chain.
+    let disk: Arc<dyn DiskImage> = Arc::new(MemDisk::new(DISK_SIZE as usize, false));
+    let config = BlockConfig::new(disk.as_ref(), QUEUE_SIZE);
+    let processor = RequestProcessor::new(disk, config, DiskId::from_index(0));
+    let mut buffers = RequestBuffers::new();
+    let ((), lines) = capture_log(|| {
+        for _ in 0..100_000 {
+            assert_eq!(processor.process(&mem, Vec::new(), &mut buffers), 0);
+        }
+    });
+    let lines = warnings(&lines);
+    assert_eq!(lines.len(), limited_lines(100_000), "{lines:#?}");
+    assert!(lines.iter().all(|l| l.contains("dropping the request")));
     img.assert_unchanged();
 }
 

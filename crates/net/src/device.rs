@@ -20,6 +20,7 @@ use vmkit_virtio::{
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::handler::{BACKEND_TOKEN, RX_QUEUE, TX_QUEUE};
+use crate::log_limits::NetLogLimits;
 use crate::{Error, MacAddr, NetHandler, NetStats, Result, Tap, VNET_HDR_LEN};
 
 /// Size of each queue.
@@ -137,6 +138,9 @@ pub struct Net {
     /// Notification eventfds of a failed activation, kept for the
     /// transport.
     idle_notify: Vec<EventFd>,
+    /// The limits on what the driver can make the device log, shared with
+    /// every activation's handler and kept across resets.
+    log: Arc<NetLogLimits>,
 }
 
 impl Net {
@@ -160,6 +164,7 @@ impl Net {
             stats: Arc::new(NetStats::default()),
             worker: None,
             idle_notify: Vec::new(),
+            log: Arc::default(),
         })
     }
 
@@ -227,11 +232,13 @@ impl VirtioDevice for Net {
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        warn!(
-            "virtio-net: ignoring driver write of {} bytes at config offset {offset} \
-             (the configuration space is read-only)",
-            data.len()
-        );
+        if let Some(n) = self.log.config.tick() {
+            warn!(
+                "virtio-net: ignoring driver write of {} bytes at config offset {offset} \
+                 (the configuration space is read-only; {n} such writes so far)",
+                data.len()
+            );
+        }
     }
 
     fn activate(
@@ -299,7 +306,10 @@ impl VirtioDevice for Net {
             interrupt,
             Arc::clone(&self.stats),
         ) {
-            Ok(h) => h,
+            Ok(mut h) => {
+                h.set_log_limits(Arc::clone(&self.log));
+                h
+            }
             Err(e) => {
                 self.idle_notify.push(rx_notify);
                 self.idle_notify.push(tx_notify);
@@ -330,8 +340,10 @@ impl VirtioDevice for Net {
                 Err(e) => error!("virtio-net: stopping the queue worker failed: {e}"),
             }
         }
-        if let Err(e) = self.tap.set_offload(0) {
-            warn!("virtio-net: {e}");
+        if let Err(e) = self.tap.set_offload(0)
+            && let Some(n) = self.log.host.tick()
+        {
+            warn!("virtio-net: {e} ({n} host errors so far)");
         }
         fds
     }

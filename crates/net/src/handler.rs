@@ -5,10 +5,11 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
 use log::{error, warn};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vmkit_virtio::{GuestMemoryMmap, Interrupt, InterruptType, QueueHandler};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
+use crate::log_limits::NetLogLimits;
 use crate::rx::{Rx, RxStatus};
 use crate::tx::Tx;
 use crate::{NetBackend, NetStats};
@@ -47,6 +48,8 @@ pub struct NetHandler<B> {
     watching: bool,
     /// DEVICE_NEEDS_RESET was signalled: the driver broke a queue.
     needs_reset: bool,
+    /// What the handler logs is counted here (shared with `rx` and `tx`).
+    log: Arc<NetLogLimits>,
 }
 
 /// Whether `queue`'s available index is more than a queue size ahead of
@@ -57,6 +60,18 @@ pub(crate) fn avail_index_invalid(mem: &GuestMemoryMmap, queue: &Queue) -> bool 
         Ok(idx) => idx.0.wrapping_sub(queue.next_avail()) > queue.size(),
         Err(_) => true,
     }
+}
+
+/// The next available chain of `queue`, like `Queue::pop_descriptor_chain`
+/// but without the error line that method prints, unlimited, each time the
+/// available index is invalid: the callers check the index with
+/// [`avail_index_invalid`] once nothing more is popped, and log through
+/// their limiter.
+pub(crate) fn pop_chain<'m>(
+    queue: &mut Queue,
+    mem: &'m GuestMemoryMmap,
+) -> Option<DescriptorChain<&'m GuestMemoryMmap>> {
+    queue.iter(mem).ok().and_then(|mut chains| chains.next())
 }
 
 impl<B> std::fmt::Debug for NetHandler<B> {
@@ -89,9 +104,15 @@ impl<B: NetBackend + AsRawFd> NetHandler<B> {
             backend.as_raw_fd(),
             EpollEvent::new(EventSet::IN, 0),
         )?;
+        let log = Arc::<NetLogLimits>::default();
+        let mut rx = Rx::new(features, &rx_queue);
+        rx.set_log_limits(Arc::clone(&log));
+        let mut tx = Tx::new(features);
+        tx.set_log_limits(Arc::clone(&log));
         Ok(NetHandler {
-            rx: Rx::new(features, &rx_queue),
-            tx: Tx::new(features),
+            rx,
+            tx,
+            log,
             mem,
             rx_queue,
             tx_queue,
@@ -102,6 +123,14 @@ impl<B: NetBackend + AsRawFd> NetHandler<B> {
             watching: true,
             needs_reset: false,
         })
+    }
+
+    /// Counts what the handler and its [`Rx`] and [`Tx`] log in `log` (a
+    /// device's limits, kept across resets) instead of limits of their own.
+    pub(crate) fn set_log_limits(&mut self, log: Arc<NetLogLimits>) {
+        self.rx.set_log_limits(Arc::clone(&log));
+        self.tx.set_log_limits(Arc::clone(&log));
+        self.log = log;
     }
 
     /// The descriptor the event loop watches for frames to receive:
@@ -151,10 +180,14 @@ impl<B: NetBackend + AsRawFd> NetHandler<B> {
         };
         match result {
             Ok(()) => self.watching = on,
-            Err(e) => error!(
-                "virtio-net: cannot {} watching the backend: {e}",
-                if on { "resume" } else { "stop" }
-            ),
+            Err(e) => {
+                if let Some(n) = self.log.host.tick() {
+                    error!(
+                        "virtio-net: cannot {} watching the backend: {e} ({n} host errors so far)",
+                        if on { "resume" } else { "stop" }
+                    );
+                }
+            }
         }
     }
 
@@ -170,16 +203,27 @@ impl<B: NetBackend + AsRawFd> NetHandler<B> {
             return;
         }
         self.needs_reset = true;
-        warn!("virtio-net: the driver broke the {queue} queue; the device needs a reset");
-        if let Err(e) = self.interrupt.signal_needs_reset() {
-            error!("virtio-net: cannot signal DEVICE_NEEDS_RESET: {e}");
+        if let Some(n) = self.log.ring.tick() {
+            warn!(
+                "virtio-net: the driver broke the {queue} queue; the device needs a reset \
+                 ({n} ring errors so far)"
+            );
+        }
+        if let Err(e) = self.interrupt.signal_needs_reset()
+            && let Some(n) = self.log.host.tick()
+        {
+            error!("virtio-net: cannot signal DEVICE_NEEDS_RESET: {e} ({n} host errors so far)");
         }
     }
 
     fn signal(&self) {
         match self.interrupt.trigger(InterruptType::UsedRing) {
             Ok(()) => self.stats.interrupted(),
-            Err(e) => error!("virtio-net: cannot interrupt the driver: {e}"),
+            Err(e) => {
+                if let Some(n) = self.log.host.tick() {
+                    error!("virtio-net: cannot interrupt the driver: {e} ({n} host errors so far)");
+                }
+            }
         }
     }
 
@@ -224,7 +268,11 @@ impl<B: NetBackend + AsRawFd> NetHandler<B> {
         match self.tx_queue.needs_notification(&self.mem) {
             Ok(true) => self.signal(),
             Ok(false) => {}
-            Err(e) => warn!("virtio-net: TX: cannot read used_event: {e}"),
+            Err(e) => {
+                if let Some(n) = self.log.ring.tick() {
+                    warn!("virtio-net: TX: cannot read used_event: {e} ({n} ring errors so far)");
+                }
+            }
         }
     }
 }

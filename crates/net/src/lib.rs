@@ -55,6 +55,7 @@ mod device;
 mod handler;
 mod header;
 pub mod iface;
+mod log_limits;
 mod mac;
 pub mod rx;
 mod spec;
@@ -145,10 +146,3 @@ fn hint(e: &io::Error) -> &'static str {
 
 /// Result type of this crate.
 pub type Result<T> = std::result::Result<T, Error>;
-
-/// Whether the `count`-th occurrence of a drop deserves a log line: the
-/// first ten, then every power of two, so a hostile or broken driver cannot
-/// flood the log.
-pub(crate) fn should_log(count: u64) -> bool {
-    count <= 10 || count.is_power_of_two()
-}

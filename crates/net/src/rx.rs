@@ -53,6 +53,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::num::Wrapping;
+use std::sync::Arc;
 use std::sync::atomic::{Ordering, fence};
 
 use log::{debug, error, warn};
@@ -67,8 +68,9 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, VolatileSlice}
 use vmkit_virtio::GuestMemoryMmap;
 
 use crate::header::{FLAGS_OFFSET, NUM_BUFFERS_OFFSET};
+use crate::log_limits::NetLogLimits;
 use crate::tap::IOV_MAX;
-use crate::{MAX_FRAME_LEN, NetBackend, VNET_HDR_LEN, should_log};
+use crate::{MAX_FRAME_LEN, NetBackend, VNET_HDR_LEN};
 
 /// Size of the used ring's header (flags, idx) and of one used element.
 const USED_RING_HEADER: u64 = 4;
@@ -205,8 +207,8 @@ pub struct Rx {
     notify_enabled: bool,
     /// `next_used` when the driver was last considered for an interrupt.
     signalled_used: Wrapping<u16>,
-    dropped: u64,
-    bad_chains: u64,
+    /// Counts drops, bad chains and broken rings, for the log.
+    log: Arc<NetLogLimits>,
     spilled: u64,
 }
 
@@ -343,10 +345,15 @@ impl Rx {
             entries: Vec::new(),
             notify_enabled: true,
             signalled_used: Wrapping(queue.next_used()),
-            dropped: 0,
-            bad_chains: 0,
+            log: Arc::default(),
             spilled: 0,
         }
+    }
+
+    /// Counts what it logs in `log` (a device's limits, kept across
+    /// resets) instead of limits of its own.
+    pub(crate) fn set_log_limits(&mut self, log: Arc<NetLogLimits>) {
+        self.log = log;
     }
 
     /// Chains popped from the queue and not yet used.
@@ -460,7 +467,7 @@ impl Rx {
     /// Pops every available chain into the held list.
     fn refill(&mut self, mem: &GuestMemoryMmap, queue: &mut Queue, out: &mut RxOutcome) -> usize {
         let mut popped = 0;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        while let Some(chain) = crate::handler::pop_chain(queue, mem) {
             popped += 1;
             let head = chain.head_index();
             match Self::parse_chain(mem, &mut self.held_bufs, head, chain) {
@@ -474,19 +481,22 @@ impl Rx {
                     if matches!(e, ChainError::Truncated(_)) {
                         out.needs_reset = true;
                     }
-                    self.bad_chains += 1;
                     out.bad_chains += 1;
-                    if should_log(self.bad_chains) {
+                    if let Some(n) = self.log.rx_bad_chains.tick() {
                         warn!(
                             "virtio-net: RX: unusable chain {head}: {e}; returned unused \
-                             ({} so far)",
-                            self.bad_chains
+                             ({n} so far)"
                         );
                     }
                     match self.publish(mem, queue, &[(head, 0)]) {
                         Ok(()) => out.used += 1,
                         Err(e) => {
-                            warn!("virtio-net: RX: cannot return descriptor {head}: {e}");
+                            if let Some(n) = self.log.ring.tick() {
+                                warn!(
+                                    "virtio-net: RX: cannot return descriptor {head}: {e} \
+                                     ({n} ring errors so far)"
+                                );
+                            }
                             out.needs_reset = true;
                         }
                     }
@@ -562,7 +572,9 @@ impl Rx {
                 new - used_event - Wrapping(1) < new - old
             }
             Err(e) => {
-                warn!("virtio-net: RX: cannot read used_event: {e}");
+                if let Some(n) = self.log.ring.tick() {
+                    warn!("virtio-net: RX: cannot read used_event: {e} ({n} ring errors so far)");
+                }
                 true
             }
         }
@@ -583,14 +595,23 @@ impl Rx {
                     return true;
                 }
                 if crate::handler::avail_index_invalid(mem, queue) {
-                    warn!("virtio-net: RX: available index more than a queue size ahead");
+                    if let Some(n) = self.log.ring.tick() {
+                        warn!(
+                            "virtio-net: RX: available index more than a queue size ahead \
+                             ({n} ring errors so far)"
+                        );
+                    }
                     out.needs_reset = true;
                 }
                 false
             }
             Ok(false) => false,
             Err(e) => {
-                warn!("virtio-net: RX: cannot enable notifications: {e}");
+                if let Some(n) = self.log.ring.tick() {
+                    warn!(
+                        "virtio-net: RX: cannot enable notifications: {e} ({n} ring errors so far)"
+                    );
+                }
                 false
             }
         }
@@ -600,20 +621,18 @@ impl Rx {
     fn quiet(&mut self, mem: &GuestMemoryMmap, queue: &mut Queue) {
         if self.notify_enabled {
             self.notify_enabled = false;
-            if let Err(e) = queue.disable_notification(mem) {
-                warn!("virtio-net: RX: cannot disable notifications: {e}");
+            if let Err(e) = queue.disable_notification(mem)
+                && let Some(n) = self.log.ring.tick()
+            {
+                warn!("virtio-net: RX: cannot disable notifications: {e} ({n} ring errors so far)");
             }
         }
     }
 
     fn drop_frame(&mut self, out: &mut RxOutcome, why: std::fmt::Arguments<'_>) {
-        self.dropped += 1;
         out.dropped += 1;
-        if should_log(self.dropped) {
-            warn!(
-                "virtio-net: RX: dropping a frame: {why} ({} dropped so far)",
-                self.dropped
-            );
+        if let Some(n) = self.log.rx_dropped.tick() {
+            warn!("virtio-net: RX: dropping a frame: {why} ({n} dropped so far)");
         }
     }
 
@@ -974,7 +993,12 @@ impl Rx {
                     return out;
                 }
                 Err(e) => {
-                    error!("virtio-net: RX: reading from the backend failed: {e}");
+                    if let Some(n) = self.log.host.tick() {
+                        error!(
+                            "virtio-net: RX: reading from the backend failed: {e} \
+                             ({n} host errors so far)"
+                        );
+                    }
                     out.status = RxStatus::BackendFailed;
                     return out;
                 }

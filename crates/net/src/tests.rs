@@ -20,10 +20,12 @@ use virtio_queue::desc::split::Descriptor;
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, VolatileSlice};
+use vmkit_virtio::test_utils::{LogLine, capture_log};
 use vmkit_virtio::{GuestMemoryMmap, Interrupt, InterruptType, QueueHandler, QueueWorker};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::handler::{BACKEND_TOKEN, RX_QUEUE, TX_QUEUE};
+use crate::log_limits::NetLogLimits;
 use crate::{MAX_FRAME_LEN, NetBackend, NetHandler, NetStats, VNET_HDR_LEN};
 
 const MIB: u64 = 1 << 20;
@@ -1115,15 +1117,114 @@ fn an_avail_index_far_ahead_needs_a_reset_and_does_not_spin() {
         }
         drv.backend.push(frame(0, 0, 60, 3));
         let start = Instant::now();
-        for _ in 0..1000 {
-            drv.handler.process_queue(TX_QUEUE);
-            drv.handler.process_queue(RX_QUEUE);
-        }
+        let ((), lines) = capture_log(|| {
+            for _ in 0..1000 {
+                drv.handler.process_queue(TX_QUEUE);
+                drv.handler.process_queue(RX_QUEUE);
+            }
+        });
         assert!(start.elapsed() < Duration::from_secs(5));
+        // Every notification finds the ring broken again: a few lines
+        // for the 2000 of them, not one each.
+        let lines = warnings(&lines);
+        assert!(lines.len() >= 10, "{lines:#?}");
+        assert!(lines.len() <= limited_lines(2001), "{lines:#?}");
+        assert!(lines.iter().all(|l| l.ends_with("ring errors so far)")));
         assert_eq!(drv.irq.needs_reset(), 1);
         assert_eq!(drv.tx_used_idx(), 0);
         assert_eq!(drv.rx_used_idx(), 0);
         assert!(drv.backend.written().is_empty());
         assert!(drv.handler.is_rx_paused());
     }
+}
+
+// ---------------------------------------------------------------- log
+
+/// The warnings and errors among `lines`.
+fn warnings(lines: &[LogLine]) -> Vec<&str> {
+    lines
+        .iter()
+        .filter(|l| l.level <= log::Level::Warn)
+        .map(|l| l.message.as_str())
+        .collect()
+}
+
+/// How many lines `events` events of one kind may cost: the first ten,
+/// then one per power of two.
+fn limited_lines(events: u64) -> usize {
+    (1..=events)
+        .filter(|&n| n <= 10 || n.is_power_of_two())
+        .count()
+}
+
+#[test]
+fn a_flood_of_malformed_tx_chains_logs_a_few_lines() {
+    const CHAINS: u64 = 100_000;
+    let mem = memory();
+    let mut drv = Driver::new(&mem, base());
+    // A header too short, made available again and again.
+    raw_desc(&mem, &drv.txq, 0, (BUF, 10, 0, 0));
+    let ((), lines) = capture_log(|| {
+        for _ in 0..CHAINS {
+            make_available(&mem, &drv.txq, 0);
+            drv.notify_tx();
+        }
+    });
+    assert_eq!(drv.stats.tx_dropped(), CHAINS);
+    assert!(drv.backend.written().is_empty());
+    let lines = warnings(&lines);
+    // 1..=10, then 16, 32, ..., 65536.
+    assert_eq!(lines.len(), 23, "{lines:#?}");
+    assert_eq!(lines.len(), limited_lines(CHAINS));
+    assert!(lines[0].ends_with("(1 dropped so far)"), "{}", lines[0]);
+    assert!(
+        lines[22].ends_with("(65536 dropped so far)"),
+        "{}",
+        lines[22]
+    );
+
+    // RX drops and bad RX chains have counts of their own: the TX flood
+    // does not hide them.
+    drv.post_rx(1, 64);
+    drv.backend.push(frame(0, 0, 1000, 1));
+    drv.add_rx(&[(BUF, 64, R)]);
+    let ((), lines) = capture_log(|| drv.tap_ready());
+    let lines = warnings(&lines);
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("dropping a frame") && l.ends_with("(1 dropped so far)")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("unusable chain") && l.ends_with("(1 so far)")),
+        "{lines:#?}"
+    );
+}
+
+#[test]
+fn handlers_sharing_a_device_s_limits_do_not_start_over() {
+    // What Net does on every activation: a driver that resets the device
+    // gets no fresh lines.
+    let mem = memory();
+    let shared = Arc::new(NetLogLimits::default());
+    let mut logged = Vec::new();
+    for _ in 0..2000 {
+        let mut drv = Driver::new(&mem, base());
+        drv.handler.set_log_limits(Arc::clone(&shared));
+        drv.add_tx(&[(BUF, 10, R)]);
+        let ((), lines) = capture_log(|| drv.notify_tx());
+        assert_eq!(drv.stats.tx_dropped(), 1);
+        logged.extend(warnings(&lines).into_iter().map(str::to_owned));
+    }
+    assert_eq!(shared.tx_dropped.count(), 2000);
+    assert_eq!(logged.len(), limited_lines(2000), "{logged:#?}");
+    assert!(
+        logged[10].ends_with("(16 dropped so far)"),
+        "{}",
+        logged[10]
+    );
 }

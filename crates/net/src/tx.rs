@@ -11,6 +11,7 @@
 //! chain); the queue keeps going.
 
 use std::io;
+use std::sync::Arc;
 
 use log::warn;
 use virtio_bindings::virtio_net::{
@@ -25,8 +26,9 @@ use vm_memory::{GuestMemoryBackend, VolatileSlice};
 use vmkit_virtio::GuestMemoryMmap;
 
 use crate::header::{FLAGS_OFFSET, GSO_TYPE_OFFSET};
+use crate::log_limits::NetLogLimits;
 use crate::tap::IOV_MAX;
-use crate::{MAX_FRAME_LEN, NetBackend, VNET_HDR_LEN, should_log};
+use crate::{MAX_FRAME_LEN, NetBackend, VNET_HDR_LEN};
 
 /// Why a TX chain was dropped.
 #[derive(Debug, thiserror::Error)]
@@ -95,7 +97,8 @@ pub struct TxOutcome {
 #[derive(Debug)]
 pub struct Tx {
     features: u64,
-    dropped: u64,
+    /// Counts drops and broken rings, for the log.
+    log: Arc<NetLogLimits>,
 }
 
 fn has(features: u64, bit: u32) -> bool {
@@ -109,8 +112,14 @@ impl Tx {
     pub fn new(features: u64) -> Self {
         Tx {
             features,
-            dropped: 0,
+            log: Arc::default(),
         }
+    }
+
+    /// Counts what it logs in `log` (a device's limits, kept across
+    /// resets) instead of limits of its own.
+    pub(crate) fn set_log_limits(&mut self, log: Arc<NetLogLimits>) {
+        self.log = log;
     }
 
     /// Checks a header's offload requests against the negotiated features.
@@ -216,11 +225,14 @@ impl Tx {
         let mut outcome = TxOutcome::default();
         let mut empty_rounds = 0;
         loop {
-            if event_idx && let Err(e) = queue.disable_notification(mem) {
-                warn!("virtio-net: TX: cannot disable notifications: {e}");
+            if event_idx
+                && let Err(e) = queue.disable_notification(mem)
+                && let Some(n) = self.log.ring.tick()
+            {
+                warn!("virtio-net: TX: cannot disable notifications: {e} ({n} ring errors so far)");
             }
             let mut popped = 0usize;
-            while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            while let Some(chain) = crate::handler::pop_chain(queue, mem) {
                 popped += 1;
                 let head = chain.head_index();
                 match self.send_chain(mem, chain, backend) {
@@ -233,24 +245,32 @@ impl Tx {
                             outcome.needs_reset = true;
                         }
                         outcome.dropped += 1;
-                        self.dropped += 1;
-                        if should_log(self.dropped) {
+                        if let Some(n) = self.log.tx_dropped.tick() {
                             warn!(
-                                "virtio-net: TX: dropping chain {head}: {e} ({} dropped so far)",
-                                self.dropped
+                                "virtio-net: TX: dropping chain {head}: {e} ({n} dropped so far)"
                             );
                         }
                     }
                 }
                 if let Err(e) = queue.add_used(mem, head, 0) {
-                    warn!("virtio-net: TX: cannot return descriptor {head}: {e}");
+                    if let Some(n) = self.log.ring.tick() {
+                        warn!(
+                            "virtio-net: TX: cannot return descriptor {head}: {e} \
+                             ({n} ring errors so far)"
+                        );
+                    }
                     outcome.needs_reset = true;
                     continue;
                 }
                 outcome.completed += 1;
             }
             if crate::handler::avail_index_invalid(mem, queue) {
-                warn!("virtio-net: TX: available index more than a queue size ahead");
+                if let Some(n) = self.log.ring.tick() {
+                    warn!(
+                        "virtio-net: TX: available index more than a queue size ahead \
+                         ({n} ring errors so far)"
+                    );
+                }
                 outcome.needs_reset = true;
                 break;
             }
@@ -261,12 +281,20 @@ impl Tx {
             match queue.enable_notification(mem) {
                 Ok(true) if empty_rounds < 2 => continue,
                 Ok(true) => {
-                    warn!("virtio-net: TX: available ring index is invalid");
+                    if let Some(n) = self.log.ring.tick() {
+                        warn!(
+                            "virtio-net: TX: available ring index is invalid ({n} ring errors so far)"
+                        );
+                    }
                     break;
                 }
                 Ok(false) => break,
                 Err(e) => {
-                    warn!("virtio-net: TX: cannot enable notifications: {e}");
+                    if let Some(n) = self.log.ring.tick() {
+                        warn!(
+                            "virtio-net: TX: cannot enable notifications: {e} ({n} ring errors so far)"
+                        );
+                    }
                     break;
                 }
             }

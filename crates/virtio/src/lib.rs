@@ -6,6 +6,10 @@
 //! devices through [`NotifyRegistrar`] (ioeventfd) and interrupts leave
 //! through [`IrqLine`] (irqfd), two small traits the VMM implements.
 //!
+//! Every warning or error a driver can trigger goes through a
+//! [`LogLimiter`], so a hostile guest cannot flood the VMM's log; device
+//! crates use it too.
+//!
 //! # Example
 //!
 //! A device on a virtio-mmio window, as a VMM wires it (here without a
@@ -77,6 +81,7 @@
 
 mod device;
 mod interrupt;
+mod log_limit;
 mod mmio;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod test_utils;
@@ -84,6 +89,7 @@ mod worker;
 
 pub use device::{ActivatedQueue, VirtioDevice, read_config_space};
 pub use interrupt::{Interrupt, InterruptType, IrqLine, NotifyRegistrar};
+pub use log_limit::LogLimiter;
 pub use mmio::{
     MMIO_MAGIC_VALUE, MMIO_VENDOR_ID, MMIO_VERSION, MMIO_WINDOW_SIZE, MmioStats, MmioTransport,
 };

@@ -10,6 +10,11 @@
 //! VMM. A `QueueNotify` write that does reach [`MmioTransport`] (a VMM
 //! without ioeventfd, a value no registration matches) is still delivered,
 //! by signalling the same eventfd, and counted in [`MmioStats`].
+//!
+//! What the driver gets wrong (bad register accesses, queue set-up out of
+//! turn, bad status writes, failed activations) is ignored and logged, each
+//! kind through its own [`LogLimiter`](crate::LogLimiter) for the life of
+//! the transport, so a hostile driver cannot flood the log.
 
 use std::io;
 use std::sync::Arc;
@@ -34,13 +39,13 @@ use virtio_bindings::virtio_mmio::{
 };
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestAddress;
+use vm_memory::{GuestAddress, GuestMemoryBackend};
 use vmkit_devices::BusDevice;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::{
-    ActivatedQueue, Error, GuestMemoryMmap, Interrupt, InterruptType, IrqLine, NotifyRegistrar,
-    Result, VirtioDevice,
+    ActivatedQueue, Error, GuestMemoryMmap, Interrupt, InterruptType, IrqLine, LogLimiter,
+    NotifyRegistrar, Result, VirtioDevice,
 };
 
 /// Size of one virtio-mmio device's register window.
@@ -131,6 +136,30 @@ impl Interrupt for MmioInterrupt {
     }
 }
 
+/// The limits on the log lines a driver can trigger through one transport,
+/// one per kind of mistake so that a flood of one kind does not hide
+/// another. They live as long as the transport: a device reset does not
+/// start them over.
+#[derive(Debug, Default)]
+struct MmioLog {
+    /// Accesses of the wrong size or alignment, writes of read-only or
+    /// unknown registers.
+    register: LogLimiter,
+    /// Queue registers written when they cannot be (after DRIVER_OK, for a
+    /// ready or absent queue) or with bad values; notifications of absent
+    /// queues.
+    queue: LogLimiter,
+    /// Status and feature negotiation: status writes out of order or with
+    /// undefined bits, DriverFeatures writes out of turn, features refused,
+    /// FAILED.
+    status: LogLimiter,
+    /// DRIVER_OK refused: the queues or the device could not start.
+    activation: LogLimiter,
+    /// Host-side failures met at the driver's pace (signalling a queue's
+    /// eventfd, raising the interrupt after a failed activation).
+    host: LogLimiter,
+}
+
 /// What the driver wrote for one queue, applied to a [`Queue`] and
 /// validated at DRIVER_OK.
 #[derive(Clone, Copy, Debug)]
@@ -173,7 +202,17 @@ impl QueueRegs {
             .map_err(|e| format!("device area {:#x}: {e}", self.device))?;
         queue.set_event_idx(event_idx);
         queue.set_ready(true);
-        if !queue.is_valid(mem) {
+        // The ranges `Queue::is_valid` checks (virtio 1.2 §2.7: the
+        // descriptor table, the driver area with used_event, the device
+        // area with avail_event), checked here because `is_valid` prints an
+        // unlimited error line of its own for each bad queue.
+        let n = u64::from(size);
+        let areas = [
+            (self.desc, 16 * n),
+            (self.driver, 6 + 2 * n),
+            (self.device, 6 + 8 * n),
+        ];
+        if !areas.iter().all(|&(addr, len)| in_memory(mem, addr, len)) {
             return Err(format!(
                 "rings outside guest memory (desc {:#x}, driver {:#x}, device {:#x}, size {size})",
                 self.desc, self.driver, self.device
@@ -181,6 +220,11 @@ impl QueueRegs {
         }
         Ok(queue)
     }
+}
+
+/// Whether the `len` bytes at guest physical `addr` are all guest memory.
+fn in_memory(mem: &GuestMemoryMmap, addr: u64, len: u64) -> bool {
+    usize::try_from(len).is_ok_and(|len| mem.check_range(GuestAddress(addr), len))
 }
 
 fn set_low(reg: &mut u64, value: u32) {
@@ -213,6 +257,7 @@ pub struct MmioTransport {
     status: u32,
     activated: bool,
     notify_exits: AtomicU64,
+    log: MmioLog,
 }
 
 impl std::fmt::Debug for MmioTransport {
@@ -295,6 +340,7 @@ impl MmioTransport {
             status: 0,
             activated: false,
             notify_exits: AtomicU64::new(0),
+            log: MmioLog::default(),
         };
         // On an error, Drop unregisters the eventfds registered so far.
         for index in 0..transport.queues.len() {
@@ -387,17 +433,29 @@ impl MmioTransport {
     /// The selected queue, if the driver may still configure it.
     fn configurable_queue(&mut self, reg: &str) -> Option<&mut QueueRegs> {
         if self.status & STATUS_DRIVER_OK != 0 {
-            warn!("virtio-mmio: {reg} write after DRIVER_OK ignored");
+            if let Some(n) = self.log.queue.tick() {
+                warn!("virtio-mmio: {reg} write after DRIVER_OK ignored ({n} queue errors so far)");
+            }
             return None;
         }
         let sel = self.queue_sel;
         match self.queues.get_mut(sel as usize) {
             None => {
-                warn!("virtio-mmio: {reg} write for absent queue {sel} ignored");
+                if let Some(n) = self.log.queue.tick() {
+                    warn!(
+                        "virtio-mmio: {reg} write for absent queue {sel} ignored \
+                         ({n} queue errors so far)"
+                    );
+                }
                 None
             }
             Some(q) if q.ready => {
-                warn!("virtio-mmio: {reg} write for ready queue {sel} ignored");
+                if let Some(n) = self.log.queue.tick() {
+                    warn!(
+                        "virtio-mmio: {reg} write for ready queue {sel} ignored \
+                         ({n} queue errors so far)"
+                    );
+                }
                 None
             }
             Some(q) => Some(q),
@@ -437,13 +495,16 @@ impl MmioTransport {
                 if let Some(q) = self.configurable_queue("QueueNum") {
                     // Validated against QueueNumMax at DRIVER_OK, where a
                     // bad size makes the device need a reset.
-                    if value == 0 || !value.is_power_of_two() || value > u32::from(q.max_size) {
+                    q.size = value;
+                    let max = q.max_size;
+                    if (value == 0 || !value.is_power_of_two() || value > u32::from(max))
+                        && let Some(n) = self.log.queue.tick()
+                    {
                         warn!(
-                            "virtio-mmio: QueueNum {value} is not a power of two <= {}",
-                            q.max_size
+                            "virtio-mmio: QueueNum {value} is not a power of two <= {max} \
+                             ({n} queue errors so far)"
                         );
                     }
-                    q.size = value;
                 }
             }
             VIRTIO_MMIO_QUEUE_READY => self.write_queue_ready(value),
@@ -482,23 +543,38 @@ impl MmioTransport {
                 self.interrupt.status.fetch_and(!value, Ordering::AcqRel);
             }
             VIRTIO_MMIO_STATUS => self.write_status(value),
-            _ => warn!("virtio-mmio: write of read-only or unknown register {offset:#x} ignored"),
+            _ => {
+                if let Some(n) = self.log.register.tick() {
+                    warn!(
+                        "virtio-mmio: write of read-only or unknown register {offset:#x} ignored \
+                         ({n} bad register accesses so far)"
+                    );
+                }
+            }
         }
     }
 
     fn write_driver_features(&mut self, value: u32) {
         if self.status & STATUS_DRIVER == 0 || self.status & STATUS_FEATURES_OK != 0 {
-            warn!(
-                "virtio-mmio: DriverFeatures write in status {:#x} ignored",
-                self.status
-            );
+            if let Some(n) = self.log.status.tick() {
+                warn!(
+                    "virtio-mmio: DriverFeatures write in status {:#x} ignored \
+                     ({n} status errors so far)",
+                    self.status
+                );
+            }
             return;
         }
         match self.driver_features_sel {
             0 => set_low(&mut self.driver_features, value),
             1 => set_high(&mut self.driver_features, value),
             sel if value != 0 => {
-                warn!("virtio-mmio: DriverFeatures {value:#x} for absent word {sel} ignored")
+                if let Some(n) = self.log.status.tick() {
+                    warn!(
+                        "virtio-mmio: DriverFeatures {value:#x} for absent word {sel} ignored \
+                         ({n} status errors so far)"
+                    );
+                }
             }
             _ => {}
         }
@@ -506,18 +582,33 @@ impl MmioTransport {
 
     fn write_queue_ready(&mut self, value: u32) {
         if self.status & STATUS_DRIVER_OK != 0 {
-            warn!("virtio-mmio: QueueReady write after DRIVER_OK ignored");
+            if let Some(n) = self.log.queue.tick() {
+                warn!(
+                    "virtio-mmio: QueueReady write after DRIVER_OK ignored ({n} queue errors so far)"
+                );
+            }
             return;
         }
         let sel = self.queue_sel;
         let Some(q) = self.queues.get_mut(sel as usize) else {
-            warn!("virtio-mmio: QueueReady write for absent queue {sel} ignored");
+            if let Some(n) = self.log.queue.tick() {
+                warn!(
+                    "virtio-mmio: QueueReady write for absent queue {sel} ignored \
+                     ({n} queue errors so far)"
+                );
+            }
             return;
         };
         match value {
             0 => q.ready = false,
             1 => q.ready = true,
-            _ => warn!("virtio-mmio: QueueReady value {value} ignored"),
+            _ => {
+                if let Some(n) = self.log.queue.tick() {
+                    warn!(
+                        "virtio-mmio: QueueReady value {value} ignored ({n} queue errors so far)"
+                    );
+                }
+            }
         }
     }
 
@@ -529,11 +620,20 @@ impl MmioTransport {
         }
         match self.notify_evts.get(value as usize) {
             Some(evt) => {
-                if let Err(e) = evt.write(1) {
-                    error!("virtio-mmio: signalling queue {value}: {e}");
+                if let Err(e) = evt.write(1)
+                    && let Some(n) = self.log.host.tick()
+                {
+                    error!("virtio-mmio: signalling queue {value}: {e} ({n} host errors so far)");
                 }
             }
-            None => warn!("virtio-mmio: notification of absent queue {value} ignored"),
+            None => {
+                if let Some(n) = self.log.queue.tick() {
+                    warn!(
+                        "virtio-mmio: notification of absent queue {value} ignored \
+                         ({n} queue errors so far)"
+                    );
+                }
+            }
         }
     }
 
@@ -547,18 +647,31 @@ impl MmioTransport {
         // writes what it read plus a bit) but cannot set or clear it.
         let wanted = value & !STATUS_NEEDS_RESET;
         if wanted & current != current {
-            warn!(
-                "virtio-mmio: status {value:#x} clears bits of {current:#x} other than by reset; ignored"
-            );
+            if let Some(n) = self.log.status.tick() {
+                warn!(
+                    "virtio-mmio: status {value:#x} clears bits of {current:#x} other than by \
+                     reset; ignored ({n} status errors so far)"
+                );
+            }
             return;
         }
         if wanted & !STATUS_KNOWN != 0 {
-            warn!("virtio-mmio: status {value:#x} has undefined bits; ignored");
+            if let Some(n) = self.log.status.tick() {
+                warn!(
+                    "virtio-mmio: status {value:#x} has undefined bits; ignored \
+                     ({n} status errors so far)"
+                );
+            }
             return;
         }
         let added = wanted & !current;
         if added & STATUS_FAILED != 0 {
-            warn!("virtio-mmio: the driver gave up on the device (FAILED)");
+            if let Some(n) = self.log.status.tick() {
+                warn!(
+                    "virtio-mmio: the driver gave up on the device (FAILED) \
+                     ({n} status errors so far)"
+                );
+            }
             self.status |= STATUS_FAILED;
         }
         let added = added & !STATUS_FAILED;
@@ -566,10 +679,13 @@ impl MmioTransport {
             return;
         }
         if self.status & STATUS_FAILED != 0 || self.status() & STATUS_NEEDS_RESET != 0 {
-            warn!(
-                "virtio-mmio: status {value:#x} in status {:#x} ignored until reset",
-                self.status()
-            );
+            if let Some(n) = self.log.status.tick() {
+                warn!(
+                    "virtio-mmio: status {value:#x} in status {:#x} ignored until reset \
+                     ({n} status errors so far)",
+                    self.status()
+                );
+            }
             return;
         }
         // Bits in the order of the initialisation sequence (§3.1.1), each
@@ -584,10 +700,13 @@ impl MmioTransport {
                 continue;
             }
             if self.status & needs != needs {
-                warn!(
-                    "virtio-mmio: status bit {bit:#x} set before {needs:#x} (status {:#x}); ignored",
-                    self.status
-                );
+                if let Some(n) = self.log.status.tick() {
+                    warn!(
+                        "virtio-mmio: status bit {bit:#x} set before {needs:#x} (status {:#x}); \
+                         ignored ({n} status errors so far)",
+                        self.status
+                    );
+                }
                 return;
             }
             match bit {
@@ -607,20 +726,31 @@ impl MmioTransport {
     fn accept_features(&mut self) -> bool {
         let features = self.driver_features;
         if features & !self.device_features != 0 {
-            warn!(
-                "virtio-mmio: driver features {features:#x} not offered by the device ({:#x}); FEATURES_OK refused",
-                self.device_features
-            );
+            if let Some(n) = self.log.status.tick() {
+                warn!(
+                    "virtio-mmio: driver features {features:#x} not offered by the device \
+                     ({:#x}); FEATURES_OK refused ({n} status errors so far)",
+                    self.device_features
+                );
+            }
             return false;
         }
         if features & (1 << VIRTIO_F_VERSION_1) == 0 {
-            warn!(
-                "virtio-mmio: driver features {features:#x} lack VIRTIO_F_VERSION_1 (legacy driver); FEATURES_OK refused"
-            );
+            if let Some(n) = self.log.status.tick() {
+                warn!(
+                    "virtio-mmio: driver features {features:#x} lack VIRTIO_F_VERSION_1 \
+                     (legacy driver); FEATURES_OK refused ({n} status errors so far)"
+                );
+            }
             return false;
         }
         if let Err(e) = self.device.ack_features(features) {
-            warn!("virtio-mmio: device refused features {features:#x}: {e}");
+            if let Some(n) = self.log.status.tick() {
+                warn!(
+                    "virtio-mmio: device refused features {features:#x}: {e} \
+                     ({n} status errors so far)"
+                );
+            }
             return false;
         }
         true
@@ -670,12 +800,19 @@ impl MmioTransport {
     }
 
     fn fail_activation(&mut self, why: &str) {
-        error!(
-            "virtio-mmio: device type {} not activated: {why}; NEEDS_RESET",
-            self.device.device_type()
-        );
-        if let Err(e) = self.interrupt.signal_needs_reset() {
-            error!("virtio-mmio: raising the configuration interrupt: {e}");
+        if let Some(n) = self.log.activation.tick() {
+            error!(
+                "virtio-mmio: device type {} not activated: {why}; NEEDS_RESET \
+                 ({n} failed activations so far)",
+                self.device.device_type()
+            );
+        }
+        if let Err(e) = self.interrupt.signal_needs_reset()
+            && let Some(n) = self.log.host.tick()
+        {
+            error!(
+                "virtio-mmio: raising the configuration interrupt: {e} ({n} host errors so far)"
+            );
         }
     }
 
@@ -713,10 +850,13 @@ impl BusDevice for MmioTransport {
         }
         // offset < 0x100 here.
         if data.len() != 4 || !offset.is_multiple_of(4) {
-            warn!(
-                "virtio-mmio: {}-byte read at register offset {offset:#x} ignored",
-                data.len()
-            );
+            if let Some(n) = self.log.register.tick() {
+                warn!(
+                    "virtio-mmio: {}-byte read at register offset {offset:#x} ignored \
+                     ({n} bad register accesses so far)",
+                    data.len()
+                );
+            }
             return;
         }
         let value = self.read_register(offset as u32);
@@ -729,14 +869,22 @@ impl BusDevice for MmioTransport {
             return;
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
-            warn!(
-                "virtio-mmio: {}-byte write at register offset {offset:#x} ignored",
-                data.len()
-            );
+            if let Some(n) = self.log.register.tick() {
+                warn!(
+                    "virtio-mmio: {}-byte write at register offset {offset:#x} ignored \
+                     ({n} bad register accesses so far)",
+                    data.len()
+                );
+            }
             return;
         };
         if !offset.is_multiple_of(4) {
-            warn!("virtio-mmio: unaligned write at register offset {offset:#x} ignored");
+            if let Some(n) = self.log.register.tick() {
+                warn!(
+                    "virtio-mmio: unaligned write at register offset {offset:#x} ignored \
+                     ({n} bad register accesses so far)"
+                );
+            }
             return;
         }
         self.write_register(offset as u32, u32::from_le_bytes(bytes));

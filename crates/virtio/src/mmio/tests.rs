@@ -14,7 +14,9 @@ use vmkit_devices::BusDevice;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::*;
-use crate::test_utils::{MmioDriver, NoopNotify, QueueSetup, RecordingIrq, RecordingNotify};
+use crate::test_utils::{
+    LogLine, MmioDriver, NoopNotify, QueueSetup, RecordingIrq, RecordingNotify, capture_log,
+};
 
 const BASE: u64 = 0xd000_0000;
 const VERSION_1: u64 = 1 << VIRTIO_F_VERSION_1;
@@ -642,6 +644,182 @@ fn bad_register_accesses_are_ignored() {
     assert_eq!(f.read(VIRTIO_MMIO_QUEUE_NUM_MAX), 0);
 }
 
+/// The warnings and errors among `lines`.
+fn warnings(lines: &[LogLine]) -> Vec<&str> {
+    lines
+        .iter()
+        .filter(|l| l.level <= log::Level::Warn)
+        .map(|l| l.message.as_str())
+        .collect()
+}
+
+/// How many lines `events` events of one kind may cost: the first ten,
+/// then one per power of two.
+fn limited_lines(events: u64) -> usize {
+    (1..=events)
+        .filter(|&n| n <= 10 || n.is_power_of_two())
+        .count()
+}
+
+#[test]
+fn a_flood_of_bad_register_writes_logs_a_few_lines() {
+    let mut f = Fixture::new(&[16]);
+    let ((), lines) = capture_log(|| {
+        for i in 0..100_000u32 {
+            // Read-only, unknown, wrong size, unaligned.
+            match i % 4 {
+                0 => f.write(VIRTIO_MMIO_MAGIC_VALUE, i),
+                1 => f.write(0xc0, i),
+                2 => f.t.write(0x30, &[1, 2]),
+                _ => f.t.write(0x31, &i.to_le_bytes()),
+            }
+        }
+    });
+    let lines = warnings(&lines);
+    // 1..=10, then 16, 32, ..., 65536.
+    assert_eq!(lines.len(), 23, "{lines:#?}");
+    assert_eq!(lines.len(), limited_lines(100_000));
+    assert!(
+        lines[0].ends_with("(1 bad register accesses so far)"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[22].ends_with("(65536 bad register accesses so far)"),
+        "{}",
+        lines[22]
+    );
+    // The transport still works.
+    assert_eq!(f.read(VIRTIO_MMIO_MAGIC_VALUE), MMIO_MAGIC_VALUE);
+    assert_eq!(f.read(VIRTIO_MMIO_QUEUE_NUM_MAX), 16);
+}
+
+#[test]
+fn a_flood_of_queue_and_status_mistakes_logs_a_few_lines() {
+    let mut f = Fixture::new(&[16]);
+    let ((), lines) = capture_log(|| {
+        for i in 0..50_000u32 {
+            // Queue registers of an absent queue, a notification of an
+            // absent queue, QueueNum not a power of two.
+            f.write(VIRTIO_MMIO_QUEUE_SEL, 5);
+            f.write(VIRTIO_MMIO_QUEUE_DESC_LOW, i);
+            f.write(VIRTIO_MMIO_QUEUE_NOTIFY, 9);
+            f.write(VIRTIO_MMIO_QUEUE_SEL, 0);
+            f.write(VIRTIO_MMIO_QUEUE_NUM, 3);
+            // DRIVER before ACKNOWLEDGE; DriverFeatures before DRIVER.
+            f.write(VIRTIO_MMIO_STATUS, DRIVER);
+            f.write(VIRTIO_MMIO_DRIVER_FEATURES, i);
+        }
+    });
+    let lines = warnings(&lines);
+    // 150,000 queue mistakes (no notification reaches the transport
+    // before activation: those are debug lines, not counted) and 100,000
+    // status mistakes.
+    let queue = lines
+        .iter()
+        .filter(|l| l.contains("queue errors so far"))
+        .count();
+    let status = lines
+        .iter()
+        .filter(|l| l.contains("status errors so far"))
+        .count();
+    assert_eq!(queue, limited_lines(100_000), "{lines:#?}");
+    assert_eq!(status, limited_lines(100_000), "{lines:#?}");
+    assert_eq!(lines.len(), queue + status, "{lines:#?}");
+}
+
+#[test]
+fn one_kind_of_mistake_does_not_hide_another() {
+    let (mut dummy, rec) = Dummy::new(&[64]);
+    dummy.fail_activate = true;
+    let mut f = Fixture::with(dummy, rec);
+    let ((), flood) = capture_log(|| {
+        for _ in 0..100_000 {
+            f.write(VIRTIO_MMIO_VERSION, 1);
+            f.write(VIRTIO_MMIO_QUEUE_SEL, 3);
+            f.write(VIRTIO_MMIO_QUEUE_READY, 1);
+        }
+    });
+    assert_eq!(warnings(&flood).len(), 2 * limited_lines(100_000));
+    // The first status mistake and the first failed activation are
+    // logged, with their own counts.
+    let q = mock_setup(&f.mem, 0, 0x1000, 64);
+    let ((), lines) = capture_log(|| {
+        f.write(VIRTIO_MMIO_STATUS, DRIVER);
+        f.driver().init(VERSION_1, &[q]);
+    });
+    let lines = warnings(&lines);
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert!(
+        lines[0].contains("status bit") && lines[0].ends_with("(1 status errors so far)"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].contains("not activated") && lines[1].ends_with("(1 failed activations so far)"),
+        "{}",
+        lines[1]
+    );
+    assert_eq!(f.read(VIRTIO_MMIO_STATUS) & NEEDS_RESET, NEEDS_RESET);
+}
+
+#[test]
+fn a_reset_does_not_start_the_count_over() {
+    // A driver cannot get ten fresh lines per reset.
+    let (mut dummy, rec) = Dummy::new(&[64]);
+    dummy.fail_activate = true;
+    let mut f = Fixture::with(dummy, rec);
+    let q = mock_setup(&f.mem, 0, 0x1000, 64);
+    let ((), lines) = capture_log(|| {
+        for _ in 0..2000 {
+            f.write(VIRTIO_MMIO_MAGIC_VALUE, 0);
+            assert_eq!(f.driver().init(VERSION_1, &[q]) & NEEDS_RESET, NEEDS_RESET);
+            f.write(VIRTIO_MMIO_STATUS, 0);
+        }
+    });
+    let lines = warnings(&lines);
+    let register = lines
+        .iter()
+        .filter(|l| l.contains("bad register accesses so far"))
+        .count();
+    let activation = lines
+        .iter()
+        .filter(|l| l.contains("failed activations so far"))
+        .count();
+    assert_eq!(register, limited_lines(2000));
+    assert_eq!(activation, limited_lines(2000));
+    assert_eq!(lines.len(), register + activation, "{lines:#?}");
+    assert_eq!(f.rec().resets, 2 * 2000);
+}
+
+#[test]
+fn queues_outside_memory_in_a_reset_loop_log_a_few_lines() {
+    // virtio-queue's own validity check prints an error of its own for
+    // every bad queue; the transport's does not.
+    let mut f = Fixture::new(&[64]);
+    let good = mock_setup(&f.mem, 0, 0x1000, 64);
+    let bad = QueueSetup {
+        device: 0xf_fff8,
+        ..good
+    };
+    let ((), lines) = capture_log(|| {
+        for _ in 0..1000 {
+            let status = f.driver().init(VERSION_1, &[bad]);
+            assert_eq!(status & NEEDS_RESET, NEEDS_RESET);
+            f.write(VIRTIO_MMIO_STATUS, 0);
+        }
+    });
+    let lines = warnings(&lines);
+    assert_eq!(lines.len(), limited_lines(1000), "{lines:#?}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains("rings outside guest memory") && l.contains("failed activations")),
+        "{lines:#?}"
+    );
+    assert!(f.rec().activations.is_empty());
+}
+
 #[test]
 fn reset_returns_to_initial_values() {
     let mut f = Fixture::new(&[256, 64]);
@@ -826,48 +1004,60 @@ fn random_register_traffic_never_panics() {
         VIRTIO_MMIO_CONFIG_GENERATION,
         VIRTIO_MMIO_CONFIG,
     ];
+    const ACCESSES: u64 = 200_000;
     let mut f = Fixture::new(&[256, 64, 1]);
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut activations = 0;
-    for _ in 0..200_000 {
-        let offset = match rng.below(8) {
-            0 => rng.below(MMIO_WINDOW_SIZE),
-            _ => u64::from(REGISTERS[rng.below(REGISTERS.len() as u64) as usize]),
-        };
-        let len = [4, 4, 4, 1, 2, 8, 0][rng.below(7) as usize];
-        let value = match rng.below(4) {
-            // Small values hit selectors, sizes, status bits and indices.
-            0 => rng.below(0x100),
-            1 => 1 << rng.below(64),
-            2 => rng.below(4) << 30,
-            _ => rng.next(),
-        };
-        if rng.below(2) == 0 {
-            let bytes = value.to_le_bytes();
-            f.t.write(offset, &bytes[..len]);
-        } else {
-            let mut data = [0u8; 8];
-            f.t.read(offset, &mut data[..len]);
-        }
-        // Sometimes play a well-behaved driver, so the state machine gets
-        // past DRIVER_OK and random traffic hits an activated device.
-        if rng.below(20_000) == 0 {
-            let q = mock_setup(&f.mem, 0, 0x1000, 256);
-            f.driver().init(VERSION_1 | EVENT_IDX, &[q]);
-        }
-        let status = f.read(VIRTIO_MMIO_STATUS);
-        assert_eq!(status & !0xcf, 0, "undefined status bits {status:#x}");
-        if status & DRIVER_OK != 0 {
-            assert_eq!(status & FEATURES_OK, FEATURES_OK);
-        }
-        assert_eq!(f.read(VIRTIO_MMIO_MAGIC_VALUE), MMIO_MAGIC_VALUE);
-        activations = f.rec().activations.len();
-        // Whatever got activated had valid queues.
-        if let Some(last) = f.rec().activations.last() {
-            for q in last {
-                assert!(q.size.is_power_of_two() && q.size <= [256, 64, 1][q.index as usize]);
+    let ((), lines) = capture_log(|| {
+        for _ in 0..ACCESSES {
+            let offset = match rng.below(8) {
+                0 => rng.below(MMIO_WINDOW_SIZE),
+                _ => u64::from(REGISTERS[rng.below(REGISTERS.len() as u64) as usize]),
+            };
+            let len = [4, 4, 4, 1, 2, 8, 0][rng.below(7) as usize];
+            let value = match rng.below(4) {
+                // Small values hit selectors, sizes, status bits and indices.
+                0 => rng.below(0x100),
+                1 => 1 << rng.below(64),
+                2 => rng.below(4) << 30,
+                _ => rng.next(),
+            };
+            if rng.below(2) == 0 {
+                let bytes = value.to_le_bytes();
+                f.t.write(offset, &bytes[..len]);
+            } else {
+                let mut data = [0u8; 8];
+                f.t.read(offset, &mut data[..len]);
+            }
+            // Sometimes play a well-behaved driver, so the state machine gets
+            // past DRIVER_OK and random traffic hits an activated device.
+            if rng.below(20_000) == 0 {
+                let q = mock_setup(&f.mem, 0, 0x1000, 256);
+                f.driver().init(VERSION_1 | EVENT_IDX, &[q]);
+            }
+            let status = f.read(VIRTIO_MMIO_STATUS);
+            assert_eq!(status & !0xcf, 0, "undefined status bits {status:#x}");
+            if status & DRIVER_OK != 0 {
+                assert_eq!(status & FEATURES_OK, FEATURES_OK);
+            }
+            assert_eq!(f.read(VIRTIO_MMIO_MAGIC_VALUE), MMIO_MAGIC_VALUE);
+            activations = f.rec().activations.len();
+            // Whatever got activated had valid queues.
+            if let Some(last) = f.rec().activations.last() {
+                for q in last {
+                    assert!(q.size.is_power_of_two() && q.size <= [256, 64, 1][q.index as usize]);
+                }
             }
         }
-    }
+    });
     assert!(activations > 0, "the driver never got the device running");
+    // Whatever the traffic, at most a few dozen lines per kind of mistake
+    // (register, queue, status, activation, host) reach the log.
+    let lines = warnings(&lines);
+    assert!(!lines.is_empty());
+    assert!(
+        lines.len() <= 5 * limited_lines(ACCESSES),
+        "{} lines: {lines:#?}",
+        lines.len()
+    );
 }
