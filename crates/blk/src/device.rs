@@ -75,6 +75,13 @@ impl Block {
         }
     }
 
+    /// The limits on what the driver can make the device log, kept for the
+    /// device's life; a transport running the queue itself (vhost-user)
+    /// gives them to its [`RequestProcessor`] and counts in them too.
+    pub fn log_limits(&self) -> Arc<BlockLogLimits> {
+        Arc::clone(&self.log)
+    }
+
     /// The device's counters.
     pub fn stats(&self) -> Arc<BlockStats> {
         Arc::clone(&self.stats)
@@ -164,7 +171,8 @@ impl VirtioDevice for Block {
         else {
             unreachable!("checked above");
         };
-        if !queue.is_valid(&mem) {
+        // Not `Queue::is_valid`, which logs (unlimited) what it finds wrong.
+        if !queue.ready() || !vmkit_virtio::rings_in_memory(&queue, &mem) {
             self.idle_notify.push(notify);
             return Err(VirtioError::Activate(
                 "virtio-blk request queue is not valid (size or ring addresses)".into(),

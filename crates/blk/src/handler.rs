@@ -4,8 +4,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use log::{error, warn};
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vmkit_virtio::{GuestMemoryMmap, Interrupt, InterruptType, QueueHandler};
+use virtio_queue::{Queue, QueueT};
+use vmkit_virtio::{
+    GuestMemoryMmap, Interrupt, InterruptType, QueueHandler, add_used, avail_index_invalid,
+    pop_chain,
+};
 
 use crate::log_limits::BlockLogLimits;
 use crate::{RequestBuffers, RequestProcessor};
@@ -108,16 +111,6 @@ impl BlockHandler {
         signal_needs_reset(&mut self.needs_reset, self.interrupt.as_ref(), &self.log);
     }
 
-    /// Whether the available index is more than a queue size ahead of the
-    /// next entry to process (virtio-queue then pops nothing), or cannot
-    /// be read.
-    fn avail_index_invalid(&self) -> bool {
-        match self.queue.avail_idx(&self.mem, Ordering::Acquire) {
-            Ok(idx) => idx.0.wrapping_sub(self.queue.next_avail()) > self.queue.size(),
-            Err(_) => true,
-        }
-    }
-
     /// The queue, as the handler left it.
     pub fn queue(&self) -> &Queue {
         &self.queue
@@ -172,7 +165,7 @@ impl BlockHandler {
                         0
                     }
                 };
-                if let Err(e) = self.queue.add_used(&self.mem, head, len) {
+                if let Err(e) = add_used(&mut self.queue, &self.mem, head, len) {
                     if let Some(n) = self.log.ring.tick() {
                         warn!(
                             "virtio-blk: cannot return descriptor {head} to the used ring: {e} \
@@ -184,7 +177,7 @@ impl BlockHandler {
                 }
                 completed += 1;
             }
-            if self.avail_index_invalid() {
+            if avail_index_invalid(&self.queue, &self.mem) {
                 if let Some(n) = self.log.ring.tick() {
                     warn!(
                         "virtio-blk: available index is more than {} entries ahead; \
@@ -253,17 +246,6 @@ impl BlockHandler {
         }
         completed
     }
-}
-
-/// The next available chain, like `Queue::pop_descriptor_chain` but
-/// without the error line that method prints, unlimited, each time the
-/// available index is invalid: [`BlockHandler::process_queue`] checks the
-/// index after popping and logs through its limiter.
-fn pop_chain<'m>(
-    queue: &mut Queue,
-    mem: &'m GuestMemoryMmap,
-) -> Option<DescriptorChain<&'m GuestMemoryMmap>> {
-    queue.iter(mem).ok().and_then(|mut chains| chains.next())
 }
 
 /// Sets DEVICE_NEEDS_RESET once: `sent` records that it was.

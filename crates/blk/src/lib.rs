@@ -46,6 +46,7 @@ pub mod request;
 pub use config::{BlockConfig, DiskId, MAX_DISCARD_SECTORS, QUEUE_SIZE};
 pub use device::Block;
 pub use handler::{BlockHandler, BlockStats};
+pub use log_limits::BlockLogLimits;
 pub use request::{ChainError, RequestBuffers, RequestError, RequestProcessor};
 
 /// Errors of the block device.

@@ -602,14 +602,15 @@ impl RequestProcessor {
     }
 
     /// The processor, counting its log lines in `log` (a device's limits,
-    /// shared by every activation) instead of limits of its own.
-    pub(crate) fn with_log_limits(mut self, log: Arc<BlockLogLimits>) -> Self {
+    /// shared by every activation: see [`BlockLogLimits`]) instead of
+    /// limits of its own.
+    pub fn with_log_limits(mut self, log: Arc<BlockLogLimits>) -> Self {
         self.log = log;
         self
     }
 
     /// The limits the processor counts its log lines in.
-    pub(crate) fn log_limits(&self) -> &Arc<BlockLogLimits> {
+    pub fn log_limits(&self) -> &Arc<BlockLogLimits> {
         &self.log
     }
 

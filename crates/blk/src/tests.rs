@@ -16,7 +16,7 @@ use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 use vmkit_disk::{DiskImage, MemDisk, RawImage};
-use vmkit_virtio::test_utils::{LogLine, capture_log};
+use vmkit_virtio::test_utils::{capture_log, limited_lines, warnings};
 use vmkit_virtio::{GuestMemoryMmap, Interrupt, InterruptType};
 use vmm_sys_util::tempdir::TempDir;
 
@@ -1157,23 +1157,6 @@ fn broken_rings_do_not_hang_or_panic() {
     img.assert_unchanged();
 }
 
-/// The warnings and errors among `lines`.
-fn warnings(lines: &[LogLine]) -> Vec<&str> {
-    lines
-        .iter()
-        .filter(|l| l.level <= log::Level::Warn)
-        .map(|l| l.message.as_str())
-        .collect()
-}
-
-/// How many lines `events` events of one kind may cost: the first ten,
-/// then one per power of two.
-fn limited_lines(events: u64) -> usize {
-    (1..=events)
-        .filter(|&n| n <= 10 || n.is_power_of_two())
-        .count()
-}
-
 /// Writes the chain `[header, 512-byte IN buffer, status]` at descriptors
 /// 0 to 2, to be made available again and again.
 fn reusable_read(drv: &Driver<'_>, sector: u64) {
@@ -1291,6 +1274,37 @@ fn a_flood_of_broken_chains_logs_a_few_lines() {
     assert_eq!(lines.len(), limited_lines(100_000), "{lines:#?}");
     assert!(lines.iter().all(|l| l.contains("dropping the request")));
     img.assert_unchanged();
+}
+
+#[test]
+fn a_flood_of_head_indexes_past_the_queue_logs_a_few_lines() {
+    // virtio-queue's `add_used` prints an error line of its own for each
+    // such head; the handler refuses them before it does.
+    const CHAINS: u64 = 100_000;
+    let mem = memory();
+    let disk = Arc::new(MemDisk::new(DISK_SIZE as usize, false));
+    let mut drv = Driver::new(&mem, disk, false);
+    let ((), lines) = capture_log(|| {
+        for i in 0..CHAINS {
+            make_available(&drv, QUEUE_SIZE + (i % 2) as u16 * 0x7fff);
+            assert_eq!(drv.run(), 0);
+        }
+    });
+    assert_eq!(drv.stats.requests_completed(), 0, "nothing can be returned");
+    assert_eq!(drv.handler.queue().next_used(), 0);
+    assert_eq!(drv.irq.needs_reset(), 1, "signalled once");
+    // Two ring errors per chain: unanswerable, and not returnable.
+    assert_eq!(lines.len(), limited_lines(2 * CHAINS), "{lines:#?}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.level == log::Level::Warn && l.message.starts_with("virtio-blk: ")),
+        "{lines:#?}"
+    );
+    assert!(lines.iter().any(|l| {
+        l.message
+            .contains("cannot return descriptor 256 to the used ring")
+    }));
 }
 
 #[test]

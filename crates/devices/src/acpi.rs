@@ -18,6 +18,7 @@
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::BusDevice;
+use crate::log_limit::DeviceLogLimits;
 
 /// First I/O port of the device.
 pub const ACPI_PM_PORT: u16 = 0x600;
@@ -45,11 +46,14 @@ pub const SLP_TYP_MASK: u8 = 0x7;
 ///
 /// Insert it on the port-I/O bus at [`ACPI_PM_PORT`], [`ACPI_PM_PORT_LEN`]
 /// ports. Accesses wider than a byte, and unknown values, are logged and
-/// ignored.
+/// ignored. What the guest can repeat at will (bad accesses, power-off and
+/// reset requests, failures to signal their events) is logged through
+/// [`LogLimiter`](crate::LogLimiter)s, so it cannot flood the log.
 #[derive(Debug)]
 pub struct AcpiPmDevice {
     power_off_evt: EventFd,
     reset_evt: EventFd,
+    log: DeviceLogLimits,
 }
 
 impl AcpiPmDevice {
@@ -58,6 +62,7 @@ impl AcpiPmDevice {
         AcpiPmDevice {
             power_off_evt,
             reset_evt,
+            log: DeviceLogLimits::default(),
         }
     }
 
@@ -71,9 +76,11 @@ impl AcpiPmDevice {
         &self.reset_evt
     }
 
-    fn signal(evt: &EventFd, what: &str) {
-        if let Err(e) = evt.write(1) {
-            log::error!("ACPI PM: cannot signal the {what} event: {e}");
+    fn signal(&self, evt: &EventFd, what: &str) {
+        if let Err(e) = evt.write(1)
+            && let Some(n) = self.log.host.tick()
+        {
+            log::error!("ACPI PM: cannot signal the {what} event: {e} ({n} host errors so far)");
         }
     }
 }
@@ -81,10 +88,12 @@ impl AcpiPmDevice {
 impl BusDevice for AcpiPmDevice {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if data.len() != 1 || offset >= ACPI_PM_PORT_LEN {
-            log::warn!(
-                "ACPI PM: ignored {}-byte read at offset {offset:#x}",
-                data.len()
-            );
+            if let Some(n) = self.log.access.tick() {
+                log::warn!(
+                    "ACPI PM: ignored {}-byte read at offset {offset:#x} ({n} bad accesses so far)",
+                    data.len()
+                );
+            }
             data.fill(0xff);
             return;
         }
@@ -93,28 +102,50 @@ impl BusDevice for AcpiPmDevice {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         let &[value] = data else {
-            log::warn!(
-                "ACPI PM: ignored {}-byte write at offset {offset:#x}",
-                data.len()
-            );
+            if let Some(n) = self.log.access.tick() {
+                log::warn!(
+                    "ACPI PM: ignored {}-byte write at offset {offset:#x} ({n} bad accesses so far)",
+                    data.len()
+                );
+            }
             return;
         };
         match offset {
             SLEEP_CONTROL_OFFSET if value & SLP_EN != 0 => {
                 let sleep_type = (value >> SLP_TYP_SHIFT) & SLP_TYP_MASK;
                 if sleep_type == S5_SLEEP_TYPE {
-                    log::info!("ACPI PM: the guest powered off (S5)");
-                    Self::signal(&self.power_off_evt, "power-off");
-                } else {
-                    log::warn!("ACPI PM: unsupported sleep type {sleep_type} ignored");
+                    if let Some(n) = self.log.request.tick() {
+                        log::info!(
+                            "ACPI PM: the guest powered off (S5) \
+                             ({n} power-off and reset requests so far)"
+                        );
+                    }
+                    self.signal(&self.power_off_evt, "power-off");
+                } else if let Some(n) = self.log.access.tick() {
+                    log::warn!(
+                        "ACPI PM: unsupported sleep type {sleep_type} ignored \
+                         ({n} bad accesses so far)"
+                    );
                 }
             }
             SLEEP_CONTROL_OFFSET | SLEEP_STATUS_OFFSET => {}
             RESET_OFFSET if value == ACPI_RESET_VALUE => {
-                log::info!("ACPI PM: the guest reset the machine");
-                Self::signal(&self.reset_evt, "reset");
+                if let Some(n) = self.log.request.tick() {
+                    log::info!(
+                        "ACPI PM: the guest reset the machine \
+                         ({n} power-off and reset requests so far)"
+                    );
+                }
+                self.signal(&self.reset_evt, "reset");
             }
-            _ => log::warn!("ACPI PM: ignored write of {value:#x} at offset {offset:#x}"),
+            _ => {
+                if let Some(n) = self.log.access.tick() {
+                    log::warn!(
+                        "ACPI PM: ignored write of {value:#x} at offset {offset:#x} \
+                         ({n} bad accesses so far)"
+                    );
+                }
+            }
         }
     }
 }
@@ -122,6 +153,7 @@ impl BusDevice for AcpiPmDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_utils::{capture_log, limited_lines, warnings};
     use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
     fn device() -> AcpiPmDevice {
@@ -185,6 +217,64 @@ mod tests {
         let mut wide = [0u8; 2];
         dev.read(0, &mut wide);
         assert_eq!(wide, [0xff, 0xff]);
+    }
+
+    #[test]
+    fn a_flood_of_bad_accesses_logs_a_few_lines() {
+        const ACCESSES: u64 = 100_000;
+        let mut dev = device();
+        let ((), lines) = capture_log(|| {
+            for i in 0..ACCESSES {
+                match i % 4 {
+                    0 => dev.write(RESET_OFFSET, &[0x01]),
+                    1 => dev.write(SLEEP_CONTROL_OFFSET, &[(3 << SLP_TYP_SHIFT) | SLP_EN]),
+                    2 => dev.write(SLEEP_CONTROL_OFFSET, &[0x34, 0]),
+                    _ => dev.read(ACPI_PM_PORT_LEN, &mut [0u8]),
+                }
+            }
+        });
+        let lines = warnings(&lines);
+        assert_eq!(lines.len(), 23, "{lines:#?}");
+        assert_eq!(lines.len(), limited_lines(ACCESSES));
+        assert_eq!(
+            lines[..4],
+            [
+                "ACPI PM: ignored write of 0x1 at offset 0x2 (1 bad accesses so far)",
+                "ACPI PM: unsupported sleep type 3 ignored (2 bad accesses so far)",
+                "ACPI PM: ignored 2-byte write at offset 0x0 (3 bad accesses so far)",
+                "ACPI PM: ignored 1-byte read at offset 0x3 (4 bad accesses so far)",
+            ]
+        );
+        assert!(lines[22].ends_with("(65536 bad accesses so far)"));
+        assert!(!signalled(dev.power_off_evt()));
+        assert!(!signalled(dev.reset_evt()));
+
+        // The flood hides no power-off.
+        let ((), lines) = capture_log(|| dev.write(SLEEP_CONTROL_OFFSET, &[0x34]));
+        assert_eq!(lines.len(), 1, "{lines:#?}");
+        assert_eq!(lines[0].level, log::Level::Info);
+        assert_eq!(
+            lines[0].message,
+            "ACPI PM: the guest powered off (S5) (1 power-off and reset requests so far)"
+        );
+        assert!(signalled(dev.power_off_evt()));
+    }
+
+    #[test]
+    fn a_flood_of_resets_logs_a_few_lines() {
+        const RESETS: u64 = 100_000;
+        let mut dev = device();
+        let ((), lines) = capture_log(|| {
+            for _ in 0..RESETS {
+                dev.write(RESET_OFFSET, &[ACPI_RESET_VALUE]);
+            }
+        });
+        assert_eq!(dev.reset_evt().read().unwrap(), RESETS);
+        assert_eq!(lines.len(), limited_lines(RESETS), "{lines:#?}");
+        assert!(lines.iter().all(|l| {
+            l.message
+                .starts_with("ACPI PM: the guest reset the machine (")
+        }));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::BusDevice;
+use crate::log_limit::DeviceLogLimits;
 
 /// The I/O port of the exit device (the default of QEMU's `isa-debug-exit`).
 pub const EXIT_PORT: u16 = 0xf4;
@@ -18,10 +19,14 @@ pub const EXIT_PORT_LEN: u64 = 4;
 /// signals the event. Unlike QEMU, the value is kept as written: the VMM
 /// chooses how it maps to its own exit code. Writes at other offsets or of
 /// other sizes are ignored with a warning; reads return `0xff` bytes.
+/// Those warnings, the status reports and failures to signal the event go
+/// through [`LogLimiter`](crate::LogLimiter)s, so a guest repeating them
+/// cannot flood the log.
 #[derive(Debug)]
 pub struct ExitDevice {
     exit_evt: EventFd,
     status: Option<u32>,
+    log: DeviceLogLimits,
 }
 
 impl ExitDevice {
@@ -31,6 +36,7 @@ impl ExitDevice {
         ExitDevice {
             exit_evt,
             status: None,
+            log: DeviceLogLimits::default(),
         }
     }
 
@@ -52,19 +58,26 @@ impl BusDevice for ExitDevice {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if offset != 0 || !matches!(data.len(), 1 | 2 | 4) {
-            log::warn!(
-                "exit device: ignored {}-byte write at offset {offset:#x}",
-                data.len()
-            );
+            if let Some(n) = self.log.access.tick() {
+                log::warn!(
+                    "exit device: ignored {}-byte write at offset {offset:#x} \
+                     ({n} bad accesses so far)",
+                    data.len()
+                );
+            }
             return;
         }
         let mut bytes = [0u8; 4];
         bytes[..data.len()].copy_from_slice(data);
         let status = u32::from_le_bytes(bytes);
-        log::info!("exit device: the guest reported status {status:#x}");
+        if let Some(n) = self.log.request.tick() {
+            log::info!("exit device: the guest reported status {status:#x} ({n} reports so far)");
+        }
         self.status = Some(status);
-        if let Err(e) = self.exit_evt.write(1) {
-            log::error!("exit device: cannot signal the exit event: {e}");
+        if let Err(e) = self.exit_evt.write(1)
+            && let Some(n) = self.log.host.tick()
+        {
+            log::error!("exit device: cannot signal the exit event: {e} ({n} host errors so far)");
         }
     }
 }
@@ -72,6 +85,7 @@ impl BusDevice for ExitDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_utils::{capture_log, limited_lines, warnings};
     use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
     fn exit_device() -> ExitDevice {
@@ -119,6 +133,60 @@ mod tests {
         dev.write(0, &[]);
         assert_eq!(dev.status(), None);
         assert!(dev.exit_evt().read().is_err());
+    }
+
+    #[test]
+    fn a_flood_of_bad_writes_logs_a_few_lines() {
+        const WRITES: u64 = 100_000;
+        let mut dev = exit_device();
+        let ((), lines) = capture_log(|| {
+            for i in 0..WRITES {
+                if i % 2 == 0 {
+                    dev.write(1, &[1]);
+                } else {
+                    dev.write(0, &[1, 2, 3]);
+                }
+            }
+        });
+        let lines = warnings(&lines);
+        assert_eq!(lines.len(), 23, "{lines:#?}");
+        assert_eq!(lines.len(), limited_lines(WRITES));
+        assert_eq!(
+            lines[..2],
+            [
+                "exit device: ignored 1-byte write at offset 0x1 (1 bad accesses so far)",
+                "exit device: ignored 3-byte write at offset 0x0 (2 bad accesses so far)",
+            ]
+        );
+        assert!(lines[22].ends_with("(65536 bad accesses so far)"));
+        assert_eq!(dev.status(), None);
+
+        // The flood hides no status report.
+        let ((), lines) = capture_log(|| dev.write(0, &[7]));
+        assert_eq!(lines.len(), 1, "{lines:#?}");
+        assert_eq!(
+            lines[0].message,
+            "exit device: the guest reported status 0x7 (1 reports so far)"
+        );
+        assert_eq!(dev.status(), Some(7));
+    }
+
+    #[test]
+    fn a_flood_of_status_reports_logs_a_few_lines() {
+        const REPORTS: u64 = 100_000;
+        let mut dev = exit_device();
+        let ((), lines) = capture_log(|| {
+            for i in 0..REPORTS {
+                dev.write(0, &(i as u32).to_le_bytes());
+            }
+        });
+        assert_eq!(dev.status(), Some(REPORTS as u32 - 1));
+        assert_eq!(dev.exit_evt().read().unwrap(), REPORTS);
+        assert_eq!(lines.len(), limited_lines(REPORTS), "{lines:#?}");
+        assert_eq!(
+            lines[10].message,
+            "exit device: the guest reported status 0xf (16 reports so far)"
+        );
     }
 
     #[test]

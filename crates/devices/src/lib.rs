@@ -11,6 +11,10 @@
 //! (interrupts, reset, exit) through `EventFd`s; this crate does not know
 //! the hypervisor.
 //!
+//! The guest can repeat any access at will, so every line a device logs
+//! about one goes through a [`LogLimiter`] (the first ten of each kind,
+//! then one per power of two), which virtio devices use as well.
+//!
 //! # Example
 //!
 //! ```
@@ -41,7 +45,10 @@ pub mod bus;
 mod error;
 pub mod exit;
 pub mod i8042;
+mod log_limit;
 pub mod serial;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod test_utils;
 mod trigger;
 
 pub use acpi::{ACPI_PM_PORT, ACPI_PM_PORT_LEN, ACPI_RESET_VALUE, AcpiPmDevice, S5_SLEEP_TYPE};
@@ -49,4 +56,5 @@ pub use bus::{Bus, BusDevice, SharedBusDevice};
 pub use error::{Error, Result};
 pub use exit::{EXIT_PORT, EXIT_PORT_LEN, ExitDevice};
 pub use i8042::{I8042, I8042_CMD_RESET_CPU, I8042_PORT, I8042_PORT_LEN};
+pub use log_limit::LogLimiter;
 pub use serial::{COM1_IRQ, COM1_PORT, SERIAL_PORT_LEN, Serial};

@@ -6,6 +6,7 @@ use vm_superio::serial::{Error as UartError, NoEvents};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::BusDevice;
+use crate::log_limit::DeviceLogLimits;
 use crate::trigger::EventFdTrigger;
 use crate::{Error, Result};
 
@@ -24,9 +25,14 @@ type Uart = vm_superio::Serial<EventFdTrigger, NoEvents, Box<dyn Write + Send>>;
 ///
 /// Insert it on the port-I/O bus at [`COM1_PORT`], [`SERIAL_PORT_LEN`]
 /// ports. Accesses wider than one byte are not UART accesses: reads return
-/// `0xff` bytes and writes are ignored, with a warning.
+/// `0xff` bytes and writes are ignored, with a warning. Those warnings, and
+/// the errors met while serving the guest (output that cannot be written,
+/// an interrupt that cannot be signalled, a full loopback FIFO), go through
+/// [`LogLimiter`](crate::LogLimiter)s, so a guest repeating them cannot
+/// flood the log.
 pub struct Serial {
     uart: Uart,
+    log: DeviceLogLimits,
 }
 
 impl Serial {
@@ -35,6 +41,7 @@ impl Serial {
     pub fn new(interrupt_evt: EventFd, out: Box<dyn Write + Send>) -> Self {
         Serial {
             uart: vm_superio::Serial::new(EventFdTrigger(interrupt_evt), out),
+            log: DeviceLogLimits::default(),
         }
     }
 
@@ -68,10 +75,13 @@ impl BusDevice for Serial {
                 *byte = self.uart.read(offset)
             }
             (_, data) => {
-                log::warn!(
-                    "serial: ignored {}-byte read at offset {offset:#x}",
-                    data.len()
-                );
+                if let Some(n) = self.log.access.tick() {
+                    log::warn!(
+                        "serial: ignored {}-byte read at offset {offset:#x} \
+                         ({n} bad accesses so far)",
+                        data.len()
+                    );
+                }
                 data.fill(0xff);
             }
         }
@@ -83,17 +93,36 @@ impl BusDevice for Serial {
                 match self.uart.write(offset, value) {
                     Ok(()) => {}
                     // The guest's output is lost, but the guest goes on.
-                    Err(UartError::IOError(e)) => log::warn!("serial: cannot write output: {e}"),
-                    Err(UartError::Trigger(e)) => {
-                        log::error!("serial: cannot signal the interrupt: {e}")
+                    Err(UartError::IOError(e)) => {
+                        if let Some(n) = self.log.host.tick() {
+                            log::warn!("serial: cannot write output: {e} ({n} host errors so far)");
+                        }
                     }
-                    Err(UartError::FullFifo) => log::warn!("serial: loopback FIFO full"),
+                    Err(UartError::Trigger(e)) => {
+                        if let Some(n) = self.log.host.tick() {
+                            log::error!(
+                                "serial: cannot signal the interrupt: {e} ({n} host errors so far)"
+                            );
+                        }
+                    }
+                    // Not returned by writes (the loopback FIFO drops what
+                    // does not fit), but limited like the rest if it were.
+                    Err(UartError::FullFifo) => {
+                        if let Some(n) = self.log.access.tick() {
+                            log::warn!("serial: loopback FIFO full ({n} bad accesses so far)");
+                        }
+                    }
                 }
             }
-            _ => log::warn!(
-                "serial: ignored {}-byte write at offset {offset:#x}",
-                data.len()
-            ),
+            _ => {
+                if let Some(n) = self.log.access.tick() {
+                    log::warn!(
+                        "serial: ignored {}-byte write at offset {offset:#x} \
+                         ({n} bad accesses so far)",
+                        data.len()
+                    );
+                }
+            }
         }
     }
 }
@@ -101,6 +130,7 @@ impl BusDevice for Serial {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_utils::{capture_log, limited_lines, warnings};
     use std::io;
     use std::sync::{Arc, Mutex};
     use vmm_sys_util::eventfd::EFD_NONBLOCK;
@@ -221,5 +251,71 @@ mod tests {
         let mut one = [0u8];
         serial.read(u64::MAX, &mut one);
         assert_eq!(one, [0xff]);
+    }
+
+    /// A host writer that always fails.
+    struct BrokenPipe;
+
+    impl Write for BrokenPipe {
+        fn write(&mut self, _buf: &[u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Err(io::ErrorKind::BrokenPipe.into())
+        }
+    }
+
+    #[test]
+    fn a_flood_of_bad_accesses_logs_a_few_lines() {
+        const ACCESSES: u64 = 100_000;
+        let (mut serial, out) = serial();
+        let ((), lines) = capture_log(|| {
+            for i in 0..ACCESSES {
+                if i % 2 == 0 {
+                    serial.write(THR, b"ab");
+                } else {
+                    let mut wide = [0u8; 2];
+                    serial.read(LSR, &mut wide);
+                }
+            }
+        });
+        assert!(out.0.lock().unwrap().is_empty());
+        let lines = warnings(&lines);
+        assert_eq!(lines.len(), 23, "{lines:#?}");
+        assert_eq!(lines.len(), limited_lines(ACCESSES));
+        assert_eq!(
+            lines[0],
+            "serial: ignored 2-byte write at offset 0x0 (1 bad accesses so far)"
+        );
+        assert!(lines[22].ends_with("(65536 bad accesses so far)"));
+
+        // The guest's output still goes out, silently.
+        let ((), lines) = capture_log(|| serial.write(THR, b"x"));
+        assert!(lines.is_empty(), "{lines:#?}");
+        assert_eq!(out.0.lock().unwrap().as_slice(), b"x");
+    }
+
+    #[test]
+    fn a_flood_of_output_errors_logs_a_few_lines() {
+        const BYTES: u64 = 100_000;
+        let evt = EventFd::new(EFD_NONBLOCK).unwrap();
+        let mut serial = Serial::new(evt, Box::new(BrokenPipe));
+        let ((), lines) = capture_log(|| {
+            for _ in 0..BYTES {
+                serial.write(THR, b"o");
+            }
+        });
+        let lines = warnings(&lines);
+        assert_eq!(lines.len(), limited_lines(BYTES), "{lines:#?}");
+        assert!(lines[0].starts_with("serial: cannot write output: "));
+        assert!(lines[0].ends_with("(1 host errors so far)"), "{}", lines[0]);
+        assert!(lines[22].ends_with("(65536 host errors so far)"));
+
+        // Nor do they hide a bad access.
+        let ((), lines) = capture_log(|| serial.write(SCR, &[0, 0]));
+        assert_eq!(
+            warnings(&lines),
+            ["serial: ignored 2-byte write at offset 0x7 (1 bad accesses so far)"]
+        );
     }
 }

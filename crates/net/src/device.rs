@@ -192,6 +192,13 @@ impl Net {
     pub fn is_active(&self) -> bool {
         self.worker.is_some()
     }
+
+    /// The limits on what the driver can make the device log, kept for the
+    /// device's life; a transport running the device's [`Rx`](crate::rx::Rx)
+    /// and [`Tx`](crate::tx::Tx) itself (vhost-user) counts in them too.
+    pub fn log_limits(&self) -> Arc<NetLogLimits> {
+        Arc::clone(&self.log)
+    }
 }
 
 impl VirtioDevice for Net {
@@ -275,7 +282,9 @@ impl VirtioDevice for Net {
         };
         let invalid = [("RX", &rx), ("TX", &tx)]
             .into_iter()
-            .find(|(_, q)| !q.queue.is_valid(&mem))
+            // Not `Queue::is_valid`, which logs (unlimited) what it finds
+            // wrong.
+            .find(|(_, q)| !q.queue.ready() || !vmkit_virtio::rings_in_memory(&q.queue, &mem))
             .map(|(name, _)| name);
         if let Some(name) = invalid {
             self.idle_notify.push(rx.notify);

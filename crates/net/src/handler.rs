@@ -5,7 +5,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
 use log::{error, warn};
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueT};
 use vmkit_virtio::{GuestMemoryMmap, Interrupt, InterruptType, QueueHandler};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
@@ -50,28 +50,6 @@ pub struct NetHandler<B> {
     needs_reset: bool,
     /// What the handler logs is counted here (shared with `rx` and `tx`).
     log: Arc<NetLogLimits>,
-}
-
-/// Whether `queue`'s available index is more than a queue size ahead of
-/// the next entry to process (virtio-queue then pops nothing; the driver
-/// never makes more than the queue size available), or cannot be read.
-pub(crate) fn avail_index_invalid(mem: &GuestMemoryMmap, queue: &Queue) -> bool {
-    match queue.avail_idx(mem, std::sync::atomic::Ordering::Acquire) {
-        Ok(idx) => idx.0.wrapping_sub(queue.next_avail()) > queue.size(),
-        Err(_) => true,
-    }
-}
-
-/// The next available chain of `queue`, like `Queue::pop_descriptor_chain`
-/// but without the error line that method prints, unlimited, each time the
-/// available index is invalid: the callers check the index with
-/// [`avail_index_invalid`] once nothing more is popped, and log through
-/// their limiter.
-pub(crate) fn pop_chain<'m>(
-    queue: &mut Queue,
-    mem: &'m GuestMemoryMmap,
-) -> Option<DescriptorChain<&'m GuestMemoryMmap>> {
-    queue.iter(mem).ok().and_then(|mut chains| chains.next())
 }
 
 impl<B> std::fmt::Debug for NetHandler<B> {

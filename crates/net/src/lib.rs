@@ -75,6 +75,7 @@ pub use backend::NetBackend;
 pub use device::{Net, QUEUE_SIZE, device_features, tap_offload_flags};
 pub use handler::{BACKEND_TOKEN, NetHandler, RX_QUEUE, TX_QUEUE};
 pub use header::{MAX_FRAME_LEN, VNET_HDR_LEN};
+pub use log_limits::NetLogLimits;
 pub use mac::MacAddr;
 pub use spec::NetSpec;
 pub use stats::NetStats;

@@ -65,7 +65,7 @@ use virtio_bindings::virtio_net::{
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, VolatileSlice};
-use vmkit_virtio::GuestMemoryMmap;
+use vmkit_virtio::{GuestMemoryMmap, add_used, avail_index_invalid, pop_chain};
 
 use crate::header::{FLAGS_OFFSET, NUM_BUFFERS_OFFSET};
 use crate::log_limits::NetLogLimits;
@@ -351,8 +351,8 @@ impl Rx {
     }
 
     /// Counts what it logs in `log` (a device's limits, kept across
-    /// resets) instead of limits of its own.
-    pub(crate) fn set_log_limits(&mut self, log: Arc<NetLogLimits>) {
+    /// resets: see [`NetLogLimits`]) instead of limits of its own.
+    pub fn set_log_limits(&mut self, log: Arc<NetLogLimits>) {
         self.log = log;
     }
 
@@ -467,7 +467,7 @@ impl Rx {
     /// Pops every available chain into the held list.
     fn refill(&mut self, mem: &GuestMemoryMmap, queue: &mut Queue, out: &mut RxOutcome) -> usize {
         let mut popped = 0;
-        while let Some(chain) = crate::handler::pop_chain(queue, mem) {
+        while let Some(chain) = pop_chain(queue, mem) {
             popped += 1;
             let head = chain.head_index();
             match Self::parse_chain(mem, &mut self.held_bufs, head, chain) {
@@ -539,7 +539,7 @@ impl Rx {
         // with release ordering: the elements written above are visible to
         // the driver before the index that covers them.
         queue.set_next_used(start.wrapping_add(rest.len() as u16));
-        if let Err(e) = queue.add_used(mem, last_head, last_len) {
+        if let Err(e) = add_used(queue, mem, last_head, last_len) {
             queue.set_next_used(start);
             return Err(e);
         }
@@ -594,7 +594,7 @@ impl Rx {
                 if self.refill(mem, queue, out) > 0 {
                     return true;
                 }
-                if crate::handler::avail_index_invalid(mem, queue) {
+                if avail_index_invalid(queue, mem) {
                     if let Some(n) = self.log.ring.tick() {
                         warn!(
                             "virtio-net: RX: available index more than a queue size ahead \

@@ -20,7 +20,7 @@ use virtio_queue::desc::split::Descriptor;
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, VolatileSlice};
-use vmkit_virtio::test_utils::{LogLine, capture_log};
+use vmkit_virtio::test_utils::{capture_log, limited_lines, warnings};
 use vmkit_virtio::{GuestMemoryMmap, Interrupt, InterruptType, QueueHandler, QueueWorker};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -1140,23 +1140,6 @@ fn an_avail_index_far_ahead_needs_a_reset_and_does_not_spin() {
 
 // ---------------------------------------------------------------- log
 
-/// The warnings and errors among `lines`.
-fn warnings(lines: &[LogLine]) -> Vec<&str> {
-    lines
-        .iter()
-        .filter(|l| l.level <= log::Level::Warn)
-        .map(|l| l.message.as_str())
-        .collect()
-}
-
-/// How many lines `events` events of one kind may cost: the first ten,
-/// then one per power of two.
-fn limited_lines(events: u64) -> usize {
-    (1..=events)
-        .filter(|&n| n <= 10 || n.is_power_of_two())
-        .count()
-}
-
 #[test]
 fn a_flood_of_malformed_tx_chains_logs_a_few_lines() {
     const CHAINS: u64 = 100_000;
@@ -1201,6 +1184,41 @@ fn a_flood_of_malformed_tx_chains_logs_a_few_lines() {
         lines
             .iter()
             .any(|l| l.contains("unusable chain") && l.ends_with("(1 so far)")),
+        "{lines:#?}"
+    );
+}
+
+#[test]
+fn a_flood_of_head_indexes_past_the_queues_logs_a_few_lines() {
+    // virtio-queue's `add_used` prints an error line of its own for each
+    // such head; RX and TX refuse them before it does.
+    const CHAINS: u64 = 50_000;
+    let mem = memory();
+    let mut drv = Driver::new(&mem, base());
+    drv.backend.push(frame(0, 0, 100, 1));
+    let ((), lines) = capture_log(|| {
+        for i in 0..CHAINS {
+            let head = QSIZE + (i % 2) as u16 * 0x7fff;
+            make_available(&mem, &drv.txq, head);
+            drv.notify_tx();
+            make_available(&mem, &drv.rxq, head);
+            drv.notify_rx();
+        }
+    });
+    assert!(drv.backend.written().is_empty());
+    assert_eq!(drv.handler.tx_queue().next_used(), 0);
+    assert_eq!(drv.handler.rx_queue().next_used(), 0);
+    assert!(drv.handler.needs_reset());
+    // Per chain: a drop (TX) or an unusable chain (RX), then a ring error
+    // (the one saying the device needs a reset included).
+    let lines = warnings(&lines);
+    assert_eq!(
+        lines.len(),
+        2 * limited_lines(CHAINS) + limited_lines(2 * CHAINS + 1),
+        "{lines:#?}"
+    );
+    assert!(
+        lines.iter().all(|l| l.starts_with("virtio-net: ")),
         "{lines:#?}"
     );
 }

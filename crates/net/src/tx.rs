@@ -23,7 +23,7 @@ use virtio_bindings::virtio_net::{
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestMemoryBackend, VolatileSlice};
-use vmkit_virtio::GuestMemoryMmap;
+use vmkit_virtio::{GuestMemoryMmap, add_used, avail_index_invalid, pop_chain};
 
 use crate::header::{FLAGS_OFFSET, GSO_TYPE_OFFSET};
 use crate::log_limits::NetLogLimits;
@@ -117,8 +117,8 @@ impl Tx {
     }
 
     /// Counts what it logs in `log` (a device's limits, kept across
-    /// resets) instead of limits of its own.
-    pub(crate) fn set_log_limits(&mut self, log: Arc<NetLogLimits>) {
+    /// resets: see [`NetLogLimits`]) instead of limits of its own.
+    pub fn set_log_limits(&mut self, log: Arc<NetLogLimits>) {
         self.log = log;
     }
 
@@ -232,7 +232,7 @@ impl Tx {
                 warn!("virtio-net: TX: cannot disable notifications: {e} ({n} ring errors so far)");
             }
             let mut popped = 0usize;
-            while let Some(chain) = crate::handler::pop_chain(queue, mem) {
+            while let Some(chain) = pop_chain(queue, mem) {
                 popped += 1;
                 let head = chain.head_index();
                 match self.send_chain(mem, chain, backend) {
@@ -252,7 +252,7 @@ impl Tx {
                         }
                     }
                 }
-                if let Err(e) = queue.add_used(mem, head, 0) {
+                if let Err(e) = add_used(queue, mem, head, 0) {
                     if let Some(n) = self.log.ring.tick() {
                         warn!(
                             "virtio-net: TX: cannot return descriptor {head}: {e} \
@@ -264,7 +264,7 @@ impl Tx {
                 }
                 outcome.completed += 1;
             }
-            if crate::handler::avail_index_invalid(mem, queue) {
+            if avail_index_invalid(queue, mem) {
                 if let Some(n) = self.log.ring.tick() {
                     warn!(
                         "virtio-net: TX: available index more than a queue size ahead \

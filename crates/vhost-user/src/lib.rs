@@ -44,6 +44,7 @@
 
 mod blk;
 mod daemon;
+mod log_limits;
 mod net;
 mod relay;
 

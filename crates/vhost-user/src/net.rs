@@ -3,6 +3,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
+use std::sync::Arc;
 
 use log::{error, info, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
@@ -11,11 +12,12 @@ use virtio_queue::QueueT;
 use vm_memory::GuestAddressSpace;
 use vmkit_net::rx::{Rx, RxOutcome, RxStatus};
 use vmkit_net::tx::{Tx, TxOutcome};
-use vmkit_net::{MacAddr, Net, QUEUE_SIZE, RX_QUEUE, TX_QUEUE, Tap};
-use vmkit_virtio::{GuestMemoryMmap, VirtioDevice};
+use vmkit_net::{MacAddr, Net, NetLogLimits, QUEUE_SIZE, RX_QUEUE, TX_QUEUE, Tap};
+use vmkit_virtio::{GuestMemoryMmap, VirtioDevice, rings_in_memory};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
+use crate::log_limits::FeatureLogLimits;
 use crate::{Error, Memory, Result};
 
 /// The token [`VhostUserNet::ready_fd`] is watched with by the queues'
@@ -55,6 +57,13 @@ struct Counters {
 /// the tap while the driver has RX buffers): when the driver runs out, the
 /// tap is taken out until the driver notifies the RX queue, so a readable
 /// tap does not keep the event loop busy.
+///
+/// What the driver can repeat at will (malformed frames and chains, broken
+/// rings, queues that cannot be served, feature negotiations) is logged
+/// through [`LogLimiter`](vmkit_virtio::LogLimiter)s kept for the back
+/// end's whole life: the device model's ([`Net::log_limits`]), shared with
+/// every [`Rx`] and [`Tx`], and the back end's own for feature
+/// negotiations. A vhost-user reset does not start them over.
 pub struct VhostUserNet {
     /// The device model; never activated (the queues run here).
     net: Net,
@@ -73,7 +82,10 @@ pub struct VhostUserNet {
     /// Holds the tap while RX is watching it.
     poll: Epoll,
     watching: bool,
-    warned_invalid: [bool; 2],
+    /// The device model's log limits, shared with `rx` and `tx`.
+    log: Arc<NetLogLimits>,
+    /// The back end's own.
+    feature_log: FeatureLogLimits,
     counters: Counters,
 }
 
@@ -96,6 +108,9 @@ impl VhostUserNet {
     pub fn new(tap: Tap, mac: MacAddr) -> Result<Self> {
         let net = Net::new(tap, mac)?;
         let poll = Epoll::new().map_err(Error::Watch)?;
+        let log = net.log_limits();
+        let mut tx = Tx::new(0);
+        tx.set_log_limits(Arc::clone(&log));
         Ok(VhostUserNet {
             net,
             mem: Memory::new(GuestMemoryMmap::new()),
@@ -103,10 +118,11 @@ impl VhostUserNet {
             features_ok: false,
             rx: None,
             rx_vring: None,
-            tx: Tx::new(0),
+            tx,
             poll,
             watching: false,
-            warned_invalid: [false; 2],
+            log,
+            feature_log: FeatureLogLimits::default(),
             counters: Counters::default(),
         })
     }
@@ -171,10 +187,14 @@ impl VhostUserNet {
         };
         match result {
             Ok(()) => self.watching = on,
-            Err(e) => error!(
-                "virtio-net: cannot {} watching the tap: {e}",
-                if on { "resume" } else { "stop" }
-            ),
+            Err(e) => {
+                if let Some(n) = self.log.host.tick() {
+                    error!(
+                        "virtio-net: cannot {} watching the tap: {e} ({n} host errors so far)",
+                        if on { "resume" } else { "stop" }
+                    );
+                }
+            }
         }
     }
 
@@ -213,14 +233,18 @@ impl VhostUserNet {
     fn signal(&mut self, state: &vhost_user_backend::VringState<Memory>) {
         match state.signal_used_queue() {
             Ok(()) => self.counters.signals += 1,
-            Err(e) => error!("virtio-net: cannot signal the front end: {e}"),
+            Err(e) => {
+                if let Some(n) = self.log.host.tick() {
+                    error!("virtio-net: cannot signal the front end: {e} ({n} host errors so far)");
+                }
+            }
         }
     }
 
     /// Whether queue `index` of `state` may be served; logs an invalid one
-    /// once.
+    /// (through the ring limiter).
     fn usable(
-        &mut self,
+        &self,
         index: u16,
         state: &vhost_user_backend::VringState<Memory>,
         mem: &GuestMemoryMmap,
@@ -228,13 +252,15 @@ impl VhostUserNet {
         if !self.features_ok || !state.is_enabled() || !state.get_queue().ready() {
             return false;
         }
-        if state.get_queue().is_valid(mem) {
+        // Not `Queue::is_valid`, which logs (unlimited) what it finds wrong.
+        if rings_in_memory(state.get_queue(), mem) {
             return true;
         }
-        let warned = &mut self.warned_invalid[usize::from(index)];
-        if !*warned {
-            *warned = true;
-            warn!("virtio-net: queue {index} is not valid (size or ring addresses)");
+        if let Some(n) = self.log.ring.tick() {
+            warn!(
+                "virtio-net: queue {index} is not valid (size or ring addresses) \
+                 ({n} ring errors so far)"
+            );
         }
         false
     }
@@ -259,7 +285,9 @@ impl VhostUserNet {
             Some(rx) => rx,
             slot @ None => {
                 self.rx_vring = Some(vring.clone());
-                slot.insert(Rx::new(self.features, queue))
+                let mut rx = Rx::new(self.features, queue);
+                rx.set_log_limits(Arc::clone(&self.log));
+                slot.insert(rx)
             }
         };
         let out = rx.process(mem, queue, self.net.tap(), RX_BUDGET);
@@ -297,7 +325,13 @@ impl VhostUserNet {
             match state.needs_notification() {
                 Ok(true) => self.signal(&state),
                 Ok(false) => {}
-                Err(e) => warn!("virtio-net: TX: cannot read used_event: {e}"),
+                Err(e) => {
+                    if let Some(n) = self.log.ring.tick() {
+                        warn!(
+                            "virtio-net: TX: cannot read used_event: {e} ({n} ring errors so far)"
+                        );
+                    }
+                }
             }
         }
         drop(state);
@@ -345,18 +379,25 @@ impl VhostUserBackendMut for VhostUserNet {
         if virtio != self.features {
             self.drop_rx();
         }
-        self.warned_invalid = [false; 2];
         // Checks the selection and sets the tap's offloads to match.
         match self.net.ack_features(virtio) {
             Ok(()) => {
                 self.features = virtio;
                 self.features_ok = true;
                 self.tx = Tx::new(virtio);
-                info!("virtio-net: driver features {virtio:#x}");
+                self.tx.set_log_limits(Arc::clone(&self.log));
+                if let Some(n) = self.feature_log.accepted.tick() {
+                    info!("virtio-net: driver features {virtio:#x} ({n} negotiations so far)");
+                }
             }
             Err(e) => {
                 self.features_ok = false;
-                error!("virtio-net: {e}; the queues will not be served");
+                if let Some(n) = self.feature_log.refused.tick() {
+                    error!(
+                        "virtio-net: {e}; the queues will not be served \
+                         ({n} feature errors so far)"
+                    );
+                }
             }
         }
     }

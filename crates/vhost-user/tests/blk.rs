@@ -25,6 +25,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmkit_blk::{BlockConfig, DiskId, QUEUE_SIZE};
 use vmkit_disk::{DiskImage, DiskSpec, open_disk};
 use vmkit_vhost_user::VhostUserBlk;
+use vmkit_virtio::test_utils::limited_lines;
 use vmm_sys_util::tempdir::TempDir;
 
 const PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
@@ -443,6 +444,102 @@ fn qcow2_image_through_the_command() {
     assert_eq!(out[126 * 512..126 * 512 + 4096], data[..4096]);
     assert!(out[..126 * 512].iter().all(|&b| b == 0));
     assert!(out[134 * 512..1000 * 512].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn a_flood_of_bad_heads_across_resets_logs_a_few_lines() {
+    // Rounds of two chains, one kick: a head index past the queue (which
+    // cannot be answered nor returned), then a GET_ID that completes. The
+    // driver renegotiates and the front end restarts the ring every
+    // BATCH rounds: the counts go on.
+    const BATCH: u16 = 30;
+    const BATCHES: u16 = 34;
+    const SIZE: u16 = 128;
+    let dir = TempDir::new_with_prefix("/tmp/vmkit-vu-blk").unwrap();
+    let image = dir.as_path().join("disk.raw");
+    patterned_image(&image);
+    let socket = dir.as_path().join("flood.sock");
+    let mut child = Command::new(BIN)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--disk")
+        .arg(&image)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read as it comes: an unlimited flood must not block the back end.
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        stderr.read_to_string(&mut text).unwrap();
+        text
+    });
+
+    let mem = shared_memory(MEM_SIZE);
+    let mut frontend = connect(&socket, 1);
+    frontend.set_owner().unwrap();
+    let features = bit(VIRTIO_F_VERSION_1);
+    negotiate(
+        &mut frontend,
+        &mem,
+        features,
+        VhostUserProtocolFeatures::empty(),
+    );
+    let id = slot(0);
+    for batch in 0..BATCHES {
+        if batch > 0 {
+            // What a driver reset looks like from here: the ring stopped,
+            // the features set again, the ring set up from index 0.
+            assert_eq!(frontend.get_vring_base(0).unwrap(), 2 * u32::from(BATCH));
+            frontend.set_features(features).unwrap();
+        }
+        let mut ring = Ring::new(&mut frontend, &mem, 0, 0x1_0000, SIZE, false);
+        // The mock queue's used ring starts half-way through the
+        // available ring: a batch stays in the first half.
+        ring.vq.avail().idx().store(0);
+        ring.vq.used().idx().store(0);
+        for round in 0..BATCH {
+            ring.make_available(SIZE + round % 2 * 0x7f00);
+            if round == 0 {
+                assert_eq!(
+                    request(&mut ring, &id, VIRTIO_BLK_T_GET_ID, 0, &[20], true),
+                    0
+                );
+            } else {
+                ring.make_available(0);
+            }
+            ring.kick();
+            ring.wait_used(round + 1);
+        }
+        assert_eq!(status(&mem, &id), VIRTIO_BLK_S_OK);
+        assert_eq!(ring.used(BATCH - 1), (0, 21));
+    }
+
+    drop(frontend);
+    let status = wait_exit(&mut child);
+    let stderr = join_within(reader);
+    assert!(status.success(), "exit {status}; stderr:\n{stderr}");
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains(": WARN: ") || l.contains(": ERROR: "))
+        .collect();
+    // Two ring errors a round.
+    let events = 2 * u64::from(BATCH) * u64::from(BATCHES);
+    assert_eq!(warnings.len(), limited_lines(events), "{stderr}");
+    assert!(
+        warnings.iter().all(|l| l.ends_with("ring errors so far)")),
+        "{stderr}"
+    );
+    assert!(
+        warnings[warnings.len() - 1].ends_with("(1024 ring errors so far)"),
+        "{stderr}"
+    );
+    // The renegotiations are counted too (one line each, at most ten).
+    let negotiations = stderr.matches("driver features").count();
+    assert_eq!(negotiations, limited_lines(u64::from(BATCHES)), "{stderr}");
 }
 
 /// Runs the command with `args`; returns its exit code and stderr.

@@ -30,6 +30,7 @@ use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmkit_net::{MacAddr, Tap, VNET_HDR_LEN, bridge, device_features, iface};
 use vmkit_vhost_user::VhostUserNet;
+use vmkit_virtio::test_utils::limited_lines;
 use vmm_sys_util::tempdir::TempDir;
 
 const BRIDGE_IP: Ipv4Addr = Ipv4Addr::new(10, 78, 0, 1);
@@ -416,6 +417,109 @@ fn command_serves_one_front_end_and_exits() {
             iface::index("vmkvu1").is_err(),
             "the tap outlived the command"
         );
+    });
+}
+
+#[test]
+fn a_flood_of_bad_tx_heads_across_resets_logs_a_few_lines() {
+    // Rounds of two TX chains, one kick: a head index past the queue
+    // (dropped, and it cannot be returned), then a frame that is sent. The
+    // driver renegotiates and the front end restarts the ring every BATCH
+    // rounds (a new `Tx` each time): the counts go on.
+    const BATCH: u16 = 30;
+    const BATCHES: u16 = 34;
+    const SIZE: u16 = 128;
+    if tun_missing() {
+        return;
+    }
+    in_netns(|| {
+        let dir = TempDir::new_with_prefix("/tmp/vmkit-vu-net").unwrap();
+        bridge_up("vmkbr2");
+        let socket = dir.as_path().join("flood.sock");
+        let mut child = Command::new(BIN)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--net")
+            .arg(format!("tap=vmkvu2,mac={GUEST_MAC},bridge=vmkbr2"))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Read as it comes: an unlimited flood must not block the back end.
+        let mut stderr = child.stderr.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            stderr.read_to_string(&mut text).unwrap();
+            text
+        });
+
+        let mem = shared_memory(MEM_SIZE);
+        let mut frontend = connect(&socket, 2);
+        frontend.set_owner().unwrap();
+        let features = bit(VIRTIO_F_VERSION_1);
+        negotiate(
+            &mut frontend,
+            &mem,
+            features,
+            VhostUserProtocolFeatures::empty(),
+        );
+        // A frame to a MAC address no one has, of a local experimental
+        // type: nothing answers it.
+        let mut frame = vec![0u8; VNET_HDR_LEN];
+        frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
+        frame.extend_from_slice(&GUEST_MAC.octets());
+        frame.extend_from_slice(&0x88b5u16.to_be_bytes());
+        frame.resize(VNET_HDR_LEN + 60, 0);
+        mem.write_slice(&frame, GuestAddress(TX_BUFS)).unwrap();
+        for batch in 0..BATCHES {
+            if batch > 0 {
+                assert_eq!(frontend.get_vring_base(1).unwrap(), 2 * u32::from(BATCH));
+                frontend.set_features(features).unwrap();
+            }
+            let mut tx = Ring::new(&mut frontend, &mem, 1, 0x1_0000, SIZE, false);
+            // The mock queue's used ring starts half-way through the
+            // available ring: a batch stays in the first half.
+            tx.vq.avail().idx().store(0);
+            tx.vq.used().idx().store(0);
+            for round in 0..BATCH {
+                tx.make_available(SIZE + round % 2 * 0x7f00);
+                if round == 0 {
+                    assert_eq!(tx.add(&[(TX_BUFS, frame.len() as u32, 0)]), 0);
+                } else {
+                    tx.make_available(0);
+                }
+                tx.kick();
+                tx.wait_used(round + 1);
+            }
+        }
+
+        drop(frontend);
+        let status = wait_exit(&mut child);
+        let stderr = join_within(reader);
+        assert!(status.success(), "exit {status}; stderr:\n{stderr}");
+        let rounds = u64::from(BATCH) * u64::from(BATCHES);
+        assert!(stderr.contains(&format!("tx {rounds} frames")), "{stderr}");
+        let warnings: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains(": WARN: ") || l.contains(": ERROR: "))
+            .collect();
+        // One drop and one ring error a round, each kind limited.
+        assert_eq!(warnings.len(), 2 * limited_lines(rounds), "{stderr}");
+        let dropped = warnings
+            .iter()
+            .filter(|l| l.ends_with("dropped so far)"))
+            .count();
+        assert_eq!(dropped, limited_lines(rounds), "{stderr}");
+        assert!(
+            warnings
+                .iter()
+                .any(|l| l.ends_with("(512 ring errors so far)")),
+            "{stderr}"
+        );
+        let negotiations = stderr.matches("driver features").count();
+        assert_eq!(negotiations, limited_lines(u64::from(BATCHES)), "{stderr}");
     });
 }
 

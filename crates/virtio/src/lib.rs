@@ -8,7 +8,9 @@
 //!
 //! Every warning or error a driver can trigger goes through a
 //! [`LogLimiter`], so a hostile guest cannot flood the VMM's log; device
-//! crates use it too.
+//! crates use it too, and drive their queues with [`pop_chain`],
+//! [`add_used`], [`avail_index_invalid`] and [`rings_in_memory`], which
+//! spare them virtio-queue's own unlimited error lines.
 //!
 //! # Example
 //!
@@ -81,21 +83,24 @@
 
 mod device;
 mod interrupt;
-mod log_limit;
 mod mmio;
+mod queue;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod test_utils;
 mod worker;
 
 pub use device::{ActivatedQueue, VirtioDevice, read_config_space};
 pub use interrupt::{Interrupt, InterruptType, IrqLine, NotifyRegistrar};
-pub use log_limit::LogLimiter;
 pub use mmio::{
     MMIO_MAGIC_VALUE, MMIO_VENDOR_ID, MMIO_VERSION, MMIO_WINDOW_SIZE, MmioStats, MmioTransport,
 };
+pub use queue::{add_used, avail_index_invalid, pop_chain, rings_in_memory};
 pub use worker::{QueueHandler, QueueWorker};
 
 pub use virtio_queue;
+/// The limiter of guest-triggered log lines, from vmkit-devices (where
+/// the legacy devices use it too).
+pub use vmkit_devices::LogLimiter;
 
 /// Guest memory as vmkit maps it.
 pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;

@@ -39,7 +39,7 @@ use virtio_bindings::virtio_mmio::{
 };
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestAddress, GuestMemoryBackend};
+use vm_memory::GuestAddress;
 use vmkit_devices::BusDevice;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -202,17 +202,9 @@ impl QueueRegs {
             .map_err(|e| format!("device area {:#x}: {e}", self.device))?;
         queue.set_event_idx(event_idx);
         queue.set_ready(true);
-        // The ranges `Queue::is_valid` checks (virtio 1.2 §2.7: the
-        // descriptor table, the driver area with used_event, the device
-        // area with avail_event), checked here because `is_valid` prints an
+        // Checked here rather than with `Queue::is_valid`, which prints an
         // unlimited error line of its own for each bad queue.
-        let n = u64::from(size);
-        let areas = [
-            (self.desc, 16 * n),
-            (self.driver, 6 + 2 * n),
-            (self.device, 6 + 8 * n),
-        ];
-        if !areas.iter().all(|&(addr, len)| in_memory(mem, addr, len)) {
+        if !crate::rings_in_memory(&queue, mem) {
             return Err(format!(
                 "rings outside guest memory (desc {:#x}, driver {:#x}, device {:#x}, size {size})",
                 self.desc, self.driver, self.device
@@ -220,11 +212,6 @@ impl QueueRegs {
         }
         Ok(queue)
     }
-}
-
-/// Whether the `len` bytes at guest physical `addr` are all guest memory.
-fn in_memory(mem: &GuestMemoryMmap, addr: u64, len: u64) -> bool {
-    usize::try_from(len).is_ok_and(|len| mem.check_range(GuestAddress(addr), len))
 }
 
 fn set_low(reg: &mut u64, value: u32) {

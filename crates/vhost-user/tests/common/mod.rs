@@ -175,6 +175,19 @@ impl<'m> Ring<'m> {
         head
     }
 
+    /// Makes the chain at `head` available again (its descriptors written
+    /// already), in the next slot of the available ring. Does not kick.
+    pub fn make_available(&self, head: u16) {
+        let avail = self.vq.avail();
+        let idx = avail.idx().load();
+        avail
+            .ring()
+            .ref_at(usize::from(idx % self.size))
+            .unwrap()
+            .store(head);
+        avail.idx().store(idx.wrapping_add(1));
+    }
+
     pub fn kick(&self) {
         self.kick.write(1).unwrap();
     }

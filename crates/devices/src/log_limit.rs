@@ -1,8 +1,8 @@
 //! Rate limiting of the log lines a guest can trigger.
 //!
-//! The guest is hostile: a driver that writes a bad register or sends a
-//! malformed request a million times a second must not turn each of those
-//! into a line on the VMM's log. Every such line goes through a
+//! The guest is hostile: a guest that makes a bad port or register access,
+//! or a driver that sends a malformed request, a million times a second
+//! must not turn each of those into a line on the VMM's log. Every such line goes through a
 //! [`LogLimiter`], which counts the events of one kind and lets through the
 //! first [`LogLimiter::BURST`] and then only the ones whose running count is
 //! a power of two, so `n` events cost about `10 + log2(n)` lines (at most 70
@@ -11,7 +11,9 @@
 //!
 //! Keep one limiter per kind of event and per device (not per activation: a
 //! driver can reset and re-initialise a device at will), so that a flood of
-//! one kind does not hide the first occurrences of another.
+//! one kind does not hide the first occurrences of another. The devices of
+//! this crate do; virtio device crates use the same type (re-exported as
+//! `vmkit_virtio::LogLimiter`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -27,14 +29,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// # Example
 ///
 /// ```
-/// use vmkit_virtio::LogLimiter;
+/// use vmkit_devices::LogLimiter;
 ///
 /// let bad_requests = LogLimiter::new();
 /// let mut printed = Vec::new();
 /// for _ in 0..100_000 {
 ///     // A malformed request from the driver.
 ///     if let Some(n) = bad_requests.tick() {
-///         log::warn!("virtio-xyz: bad request ({n} so far)");
+///         log::warn!("xyz: bad request ({n} bad requests so far)");
 ///         printed.push(n);
 ///     }
 /// }
@@ -80,6 +82,23 @@ impl LogLimiter {
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
     }
+}
+
+/// The limits on the log lines the guest can make one of this crate's
+/// devices print, one per kind so that a flood of one kind does not hide
+/// the first occurrences of another. A device keeps them for its whole
+/// life.
+#[derive(Debug, Default)]
+pub(crate) struct DeviceLogLimits {
+    /// Accesses the device ignores or cannot serve: wrong size or offset,
+    /// values it does not implement, a full loopback FIFO.
+    pub(crate) access: LogLimiter,
+    /// What the guest asks of the VMM through the device (reset, power-off,
+    /// an exit status), logged as information.
+    pub(crate) request: LogLimiter,
+    /// Host-side failures met at the guest's pace: signalling an event or
+    /// an interrupt, writing the guest's output.
+    pub(crate) host: LogLimiter,
 }
 
 #[cfg(test)]
