@@ -365,18 +365,26 @@ impl Raw {
     }
 
     /// Waits for `n` new used entries, for at most `ms` milliseconds; once
-    /// the device sets NEEDS_RESET, for at most 100 ms more. Marks what it
-    /// saw consumed.
+    /// the device sets NEEDS_RESET, for at most 100 ms more; once all `n`
+    /// are back, up to 50 ms more for NEEDS_RESET. Marks what it saw
+    /// consumed.
     pub fn wait(&mut self, n: u16, clock: &Clock, ms: u64) -> Waited {
         let start = cpu::rdtsc();
         let mut limit = clock.cycles(ms);
         let mut last_status_check = start;
         let mut reset_seen = false;
+        let mut settle_until = u64::MAX;
         loop {
             let got = self.used_idx().wrapping_sub(self.used_seen);
             let now = cpu::rdtsc();
-            if got >= n {
+            if got >= n && (reset_seen || now.wrapping_sub(start) > settle_until) {
                 break;
+            }
+            if got >= n && settle_until == u64::MAX {
+                // Every entry is back; a device may set NEEDS_RESET just
+                // after returning the chains of the same notification:
+                // give it 50 ms.
+                settle_until = now.wrapping_sub(start) + clock.cycles(50);
             }
             if now.wrapping_sub(start) > limit {
                 break;
