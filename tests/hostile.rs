@@ -16,12 +16,13 @@ mod common;
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Run, in_new_netns, kvm_present, run_bounded, run_vmm, scratch_dir, vmm_path};
-use vmkit::net::{bridge, iface};
+use common::{
+    Run, host_bridge, in_new_netns, kvm_present, run_bounded, run_vmm, scratch_dir, tun_present,
+    vmm_path,
+};
 
 const SECTOR: usize = 512;
 
@@ -259,16 +260,12 @@ fn hostile_driver_on_virtio_net_gets_chains_dropped_or_needs_reset_and_sends_not
     if !kvm_present() {
         return;
     }
-    if !Path::new("/dev/net/tun").exists() {
-        eprintln!("skipped: /dev/net/tun does not exist on this machine");
+    if !tun_present() {
         return;
     }
     let vmm = vmm_path();
     let (run, frames) = in_new_netns(move || {
-        iface::set_up("lo", true).expect("lo up");
-        bridge::create("br0").expect("create br0");
-        iface::set_ipv4_address("br0", [10, 77, 0, 1].into(), 24).expect("address br0");
-        iface::set_up("br0", true).expect("br0 up");
+        host_bridge([10, 77, 0, 1].into());
         let fd = capture("br0");
         let mut cmd = Command::new(vmm);
         cmd.args([

@@ -31,8 +31,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Run, in_new_netns, kvm_present, scratch_dir, vmm_path};
-use vmkit::net::{bridge, iface};
+use common::{Run, host_bridge, in_new_netns, kvm_present, scratch_dir, vmm_path};
 
 /// How long one boot may take, power-off included. On hardware KVM the
 /// kernel reaches `/init` in 1-3 s.
@@ -196,10 +195,7 @@ fn boot_debian(kernel: &str, protocol: &str, subnet: u8) {
         format!("tap=tap0,mac={MAC},bridge=br0"),
     ];
     let (run, timed_out) = in_new_netns(move || {
-        iface::set_up("lo", true).expect("lo up");
-        bridge::create("br0").expect("create br0");
-        iface::set_ipv4_address("br0", host, 24).expect("address br0");
-        iface::set_up("br0", true).expect("br0 up");
+        host_bridge(host);
         run_vmm_bounded(&args, BOOT_TIMEOUT)
     });
     let _ = std::fs::remove_dir_all(&dir);

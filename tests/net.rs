@@ -11,13 +11,11 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{in_new_netns, kvm_present, vmm_path};
-use vmkit::net::{bridge, iface};
+use common::{host_bridge, in_new_netns, kvm_present, tun_present, vmm_path};
 
 const HOST: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 const GUEST: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
@@ -54,16 +52,12 @@ fn guest_pings_the_bridge_and_moves_tcp_data_both_ways() {
     if !kvm_present() {
         return;
     }
-    if !Path::new("/dev/net/tun").exists() {
-        eprintln!("skipped: /dev/net/tun does not exist on this machine");
+    if !tun_present() {
         return;
     }
     let vmm = vmm_path();
     let (stdout, stderr, code) = in_new_netns(move || {
-        iface::set_up("lo", true).expect("lo up");
-        bridge::create("br0").expect("create br0");
-        iface::set_ipv4_address("br0", HOST, 24).expect("address br0");
-        iface::set_up("br0", true).expect("br0 up");
+        host_bridge(HOST);
 
         let sender = TcpListener::bind((HOST, SEND_PORT)).expect("listen for the guest");
         let receive = thread::spawn(move || {

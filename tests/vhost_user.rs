@@ -42,8 +42,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Run, in_new_netns, run_bounded, scratch_dir};
-use vmkit::net::{bridge, iface};
+use common::{Run, host_bridge, in_new_netns, run_bounded, scratch_dir};
 
 /// How long one guest may take, boot and power-off included (TCG boots
 /// the kernel in 2-5 s; the blk script takes well under a minute).
@@ -627,10 +626,7 @@ echo "vmkit-net: recv $? bytes=$(wc -c </tmp/rx) crc32=$(crc32 </tmp/rx)""#
         let socket = socket.clone();
         let log = log.clone();
         in_new_netns(move || {
-            iface::set_up("lo", true).expect("lo up");
-            bridge::create("br0").expect("create br0");
-            iface::set_ipv4_address("br0", host, 24).expect("address br0");
-            iface::set_up("br0", true).expect("br0 up");
+            host_bridge(host);
 
             // Guest -> host: exactly `len` bytes of the guest's stream.
             let listener = TcpListener::bind((host, SEND_PORT)).expect("listen for the guest");

@@ -201,3 +201,23 @@ pub fn in_new_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -
     .join()
     .unwrap_or_else(|e| std::panic::resume_unwind(e))
 }
+
+/// In a network namespace of [`in_new_netns`]: brings `lo` up and makes
+/// bridge `br0` with `host`/24, up, for the VMM's tap (`bridge=br0`).
+pub fn host_bridge(host: std::net::Ipv4Addr) {
+    use vmkit::net::{bridge, iface};
+    iface::set_up("lo", true).expect("lo up");
+    bridge::create("br0").expect("create br0");
+    iface::set_ipv4_address("br0", host, 24).expect("address br0");
+    iface::set_up("br0", true).expect("br0 up");
+}
+
+/// Whether `/dev/net/tun` exists; says in one line that the test skips
+/// when it does not.
+pub fn tun_present() -> bool {
+    let present = Path::new("/dev/net/tun").exists();
+    if !present {
+        eprintln!("skipped: /dev/net/tun does not exist on this machine");
+    }
+    present
+}

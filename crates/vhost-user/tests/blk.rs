@@ -459,24 +459,14 @@ fn a_flood_of_bad_heads_across_resets_logs_a_few_lines() {
     let image = dir.as_path().join("disk.raw");
     patterned_image(&image);
     let socket = dir.as_path().join("flood.sock");
-    let mut child = Command::new(BIN)
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--disk")
-        .arg(&image)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Read as it comes: an unlimited flood must not block the back end.
-    let mut stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        stderr.read_to_string(&mut text).unwrap();
-        text
-    });
+    let (mut child, reader) = spawn_reading_stderr(
+        Command::new(BIN)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--disk")
+            .arg(&image)
+            .env("RUST_LOG", "info"),
+    );
 
     let mem = shared_memory(MEM_SIZE);
     let mut frontend = connect(&socket, 1);

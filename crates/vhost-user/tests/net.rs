@@ -436,24 +436,14 @@ fn a_flood_of_bad_tx_heads_across_resets_logs_a_few_lines() {
         let dir = TempDir::new_with_prefix("/tmp/vmkit-vu-net").unwrap();
         bridge_up("vmkbr2");
         let socket = dir.as_path().join("flood.sock");
-        let mut child = Command::new(BIN)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--net")
-            .arg(format!("tap=vmkvu2,mac={GUEST_MAC},bridge=vmkbr2"))
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // Read as it comes: an unlimited flood must not block the back end.
-        let mut stderr = child.stderr.take().unwrap();
-        let reader = std::thread::spawn(move || {
-            let mut text = String::new();
-            stderr.read_to_string(&mut text).unwrap();
-            text
-        });
+        let (mut child, reader) = spawn_reading_stderr(
+            Command::new(BIN)
+                .arg("--socket")
+                .arg(&socket)
+                .arg("--net")
+                .arg(format!("tap=vmkvu2,mac={GUEST_MAC},bridge=vmkbr2"))
+                .env("RUST_LOG", "info"),
+        );
 
         let mem = shared_memory(MEM_SIZE);
         let mut frontend = connect(&socket, 2);

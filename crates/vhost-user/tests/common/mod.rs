@@ -282,3 +282,28 @@ pub fn join_within<T: Send + 'static>(handle: std::thread::JoinHandle<T>) -> T {
     }
     handle.join().unwrap()
 }
+
+/// Spawns `cmd` with stdin and stdout closed and stderr read as it comes
+/// on a thread (an unlimited flood must not block the back end); the
+/// thread returns all of it once the process has exited.
+pub fn spawn_reading_stderr(
+    cmd: &mut std::process::Command,
+) -> (std::process::Child, std::thread::JoinHandle<String>) {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the back end");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        stderr
+            .read_to_string(&mut text)
+            .expect("read the back end's stderr");
+        text
+    });
+    (child, reader)
+}
