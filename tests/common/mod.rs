@@ -9,6 +9,9 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+#[allow(unused_imports)] // not every test binary uses them
+pub use vmkit_net::test_utils::{in_new_netns, tun_present};
+
 /// Whether `/dev/kvm` exists. When it does, tests that need it must run
 /// (and fail if it does not work); when it does not, they say so and skip.
 pub fn kvm_present() -> bool {
@@ -182,26 +185,6 @@ pub fn tiny_elf(addr: u64, code: &[u8]) -> Vec<u8> {
     elf
 }
 
-/// Runs `f` on a thread in a fresh network namespace: network namespaces
-/// are per thread, so the namespace (with its bridges and taps) is private
-/// to that thread and the processes it spawns, and goes with them.
-pub fn in_new_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    std::thread::spawn(move || {
-        // SAFETY: unshare(2) with CLONE_NEWNET only changes this thread's
-        // network namespace; no memory is passed.
-        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(
-            rc,
-            0,
-            "unshare(CLONE_NEWNET): {}",
-            std::io::Error::last_os_error()
-        );
-        f()
-    })
-    .join()
-    .unwrap_or_else(|e| std::panic::resume_unwind(e))
-}
-
 /// In a network namespace of [`in_new_netns`]: brings `lo` up and makes
 /// bridge `br0` with `host`/24, up, for the VMM's tap (`bridge=br0`).
 pub fn host_bridge(host: std::net::Ipv4Addr) {
@@ -210,14 +193,4 @@ pub fn host_bridge(host: std::net::Ipv4Addr) {
     bridge::create("br0").expect("create br0");
     iface::set_ipv4_address("br0", host, 24).expect("address br0");
     iface::set_up("br0", true).expect("br0 up");
-}
-
-/// Whether `/dev/net/tun` exists; says in one line that the test skips
-/// when it does not.
-pub fn tun_present() -> bool {
-    let present = Path::new("/dev/net/tun").exists();
-    if !present {
-        eprintln!("skipped: /dev/net/tun does not exist on this machine");
-    }
-    present
 }

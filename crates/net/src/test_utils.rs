@@ -100,6 +100,45 @@ impl NetBackend for NullBackend {
     }
 }
 
+/// Whether `/dev/net/tun` exists; says in one line that the test skips
+/// when it does not.
+pub fn tun_present() -> bool {
+    let present = std::path::Path::new("/dev/net/tun").exists();
+    if !present {
+        eprintln!("skipped: /dev/net/tun does not exist on this machine");
+    }
+    present
+}
+
+/// Runs `f` on a thread in a new network namespace and returns what it
+/// returns, propagating its panic. Network namespaces are per thread, so
+/// the namespace (with the bridges and taps made in it) is private to that
+/// thread and the processes it spawns, and goes with them. IPv6 is turned
+/// off in it, so that a bridge sends nothing a test did not ask for.
+///
+/// Needs CAP_SYS_ADMIN (root).
+pub fn in_new_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        // SAFETY: unshare(2) takes no pointers; CLONE_NEWNET moves only the
+        // calling thread into a new network namespace.
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(
+            rc,
+            0,
+            "unshare(CLONE_NEWNET): {} (run as root)",
+            io::Error::last_os_error()
+        );
+        // /proc/sys/net is the opening thread's namespace's; a kernel
+        // without IPv6 has nothing to turn off.
+        for conf in ["all", "default"] {
+            let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6"), "1");
+        }
+        f()
+    })
+    .join()
+    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

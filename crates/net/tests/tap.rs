@@ -8,7 +8,6 @@
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -21,6 +20,7 @@ use virtio_queue::desc::RawDescriptor;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress};
+use vmkit_net::test_utils::{in_new_netns, tun_present};
 use vmkit_net::{Error, MacAddr, Net, Tap, VNET_HDR_LEN, bridge, iface};
 use vmkit_virtio::{ActivatedQueue, GuestMemoryMmap, Interrupt, InterruptType, VirtioDevice};
 use vmm_sys_util::eventfd::EventFd;
@@ -30,40 +30,6 @@ const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 const GUEST_MAC: MacAddr = MacAddr::new([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
 /// Generous: only reached when something is broken.
 const WAIT: Duration = Duration::from_secs(10);
-
-fn tun_missing() -> bool {
-    if Path::new("/dev/net/tun").exists() {
-        return false;
-    }
-    println!("skipped: /dev/net/tun is missing");
-    true
-}
-
-/// Runs `f` on a thread in a new network namespace; propagates its panic.
-fn in_netns<F: FnOnce() + Send + 'static>(f: F) {
-    let result = std::thread::spawn(move || {
-        // SAFETY: unshare() takes no pointers; CLONE_NEWNET moves only the
-        // calling thread into a new network namespace.
-        let ret = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(
-            ret,
-            0,
-            "unshare(CLONE_NEWNET): {} (run as root)",
-            io::Error::last_os_error()
-        );
-        // No IPv6 in the namespace, so that the bridge sends nothing the
-        // tests did not ask for. /proc/sys/net is the opening thread's
-        // namespace's; a kernel without IPv6 has nothing to turn off.
-        for conf in ["all", "default"] {
-            let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6"), "1");
-        }
-        f();
-    })
-    .join();
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
-}
 
 /// br0 with 10.77.0.1/24 and a tap attached to it, all up.
 fn bridge_with_tap(br: &str, tap_name: &str) -> Tap {
@@ -158,10 +124,10 @@ fn arp_until_reply(tap: &Tap) -> (MacAddr, Ipv4Addr) {
 
 #[test]
 fn arp_through_a_bridge_and_a_tap() {
-    if tun_missing() {
+    if !tun_present() {
         return;
     }
-    in_netns(|| {
+    in_new_netns(|| {
         let tap = bridge_with_tap("vmkbr0", "vmktap0");
         assert_eq!(tap.ifindex().unwrap(), iface::index("vmktap0").unwrap());
         let bridge_mac = iface::mac_address("vmkbr0").unwrap();
@@ -187,7 +153,7 @@ fn arp_through_a_bridge_and_a_tap() {
 
 #[test]
 fn tap_options_and_errors() {
-    if tun_missing() {
+    if !tun_present() {
         return;
     }
     let e = Tap::open("a-tap-name-too-long").unwrap_err();
@@ -195,7 +161,7 @@ fn tap_options_and_errors() {
         e.to_string(),
         "tap name \"a-tap-name-too-long\" too long: 19 bytes, at most 15"
     );
-    in_netns(|| {
+    in_new_netns(|| {
         let tap = Tap::open("vmktap1").unwrap();
         let mac = MacAddr::new([0x02, 0, 0, 0, 0x77, 0x01]);
         tap.set_mac(mac).unwrap();
@@ -260,10 +226,10 @@ fn bit(b: u32) -> u64 {
 
 #[test]
 fn device_features_and_configuration() {
-    if tun_missing() {
+    if !tun_present() {
         return;
     }
-    in_netns(|| {
+    in_new_netns(|| {
         let tap = Tap::open("vmktap2").unwrap();
         assert!(matches!(
             Net::new(tap, MacAddr::BROADCAST),
@@ -327,10 +293,10 @@ fn device_features_and_configuration() {
 /// the TX queue and gets the bridge's reply in its RX buffers.
 #[test]
 fn device_exchanges_frames_with_the_bridge() {
-    if tun_missing() {
+    if !tun_present() {
         return;
     }
-    in_netns(|| {
+    in_new_netns(|| {
         let tap = bridge_with_tap("vmkbr3", "vmktap3");
         let bridge_mac = iface::mac_address("vmkbr3").unwrap();
         // The bridge forwards from now on.
@@ -457,10 +423,10 @@ fn activate(
 /// not fit 40-byte buffers, and are dropped rather than delivered cut.
 #[test]
 fn device_drops_frames_larger_than_the_guest_buffers() {
-    if tun_missing() {
+    if !tun_present() {
         return;
     }
-    in_netns(|| {
+    in_new_netns(|| {
         let tap = bridge_with_tap("vmkbr4", "vmktap4");
         // The bridge forwards from now on.
         arp_until_reply(&tap);

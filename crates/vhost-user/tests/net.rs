@@ -9,12 +9,11 @@
 
 mod common;
 
-use std::io::{self, Read, Write};
+use std::io::{Read, Write};
 use std::mem::ManuallyDrop;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -28,6 +27,7 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::{VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_S_LINK_UP};
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmkit_net::test_utils::{in_new_netns, tun_present};
 use vmkit_net::{MacAddr, Tap, VNET_HDR_LEN, bridge, device_features, iface};
 use vmkit_vhost_user::VhostUserNet;
 use vmkit_virtio::test_utils::limited_lines;
@@ -47,39 +47,6 @@ const RX_BUF_LEN: u32 = 2048;
 
 fn bit(b: u32) -> u64 {
     1 << b
-}
-
-fn tun_missing() -> bool {
-    if Path::new("/dev/net/tun").exists() {
-        return false;
-    }
-    println!("skipped: /dev/net/tun is missing");
-    true
-}
-
-/// Runs `f` on a thread in a new network namespace; propagates its panic.
-fn in_netns<F: FnOnce() + Send + 'static>(f: F) {
-    let result = std::thread::spawn(move || {
-        // SAFETY: unshare() takes no pointers; CLONE_NEWNET moves only the
-        // calling thread into a new network namespace.
-        let ret = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(
-            ret,
-            0,
-            "unshare(CLONE_NEWNET): {} (run as root)",
-            io::Error::last_os_error()
-        );
-        // No IPv6 in the namespace, so that the bridge sends nothing the
-        // tests did not ask for.
-        for conf in ["all", "default"] {
-            let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{conf}/disable_ipv6"), "1");
-        }
-        f();
-    })
-    .join();
-    if let Err(panic) = result {
-        std::panic::resume_unwind(panic);
-    }
 }
 
 /// A bridge with BRIDGE_IP, up.
@@ -346,10 +313,10 @@ fn arp_exchange(features: u64, reply_ack: bool) {
 
 #[test]
 fn arp_through_the_back_end_with_mrg_rxbuf_and_event_idx() {
-    if tun_missing() {
+    if !tun_present() {
         return;
     }
-    in_netns(|| {
+    in_new_netns(|| {
         arp_exchange(
             bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_RING_F_EVENT_IDX) | bit(VIRTIO_NET_F_MRG_RXBUF),
             true,
@@ -359,18 +326,18 @@ fn arp_through_the_back_end_with_mrg_rxbuf_and_event_idx() {
 
 #[test]
 fn arp_through_the_back_end_without_mrg_rxbuf_or_event_idx() {
-    if tun_missing() {
+    if !tun_present() {
         return;
     }
-    in_netns(|| arp_exchange(bit(VIRTIO_F_VERSION_1), false));
+    in_new_netns(|| arp_exchange(bit(VIRTIO_F_VERSION_1), false));
 }
 
 #[test]
 fn command_serves_one_front_end_and_exits() {
-    if tun_missing() {
+    if !tun_present() {
         return;
     }
-    in_netns(|| {
+    in_new_netns(|| {
         let dir = TempDir::new_with_prefix("/tmp/vmkit-vu-net").unwrap();
         bridge_up("vmkbr1");
         let socket = dir.as_path().join("cmd.sock");
@@ -429,10 +396,10 @@ fn a_flood_of_bad_tx_heads_across_resets_logs_a_few_lines() {
     const BATCH: u16 = 30;
     const BATCHES: u16 = 34;
     const SIZE: u16 = 128;
-    if tun_missing() {
+    if !tun_present() {
         return;
     }
-    in_netns(|| {
+    in_new_netns(|| {
         let dir = TempDir::new_with_prefix("/tmp/vmkit-vu-net").unwrap();
         bridge_up("vmkbr2");
         let socket = dir.as_path().join("flood.sock");
